@@ -1,0 +1,61 @@
+"""bmh1 (OpenCV BlockMeanHash, mode 1) and phash (OpenCV PHash), from the grey images of :mod:`.resize`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from matchdb.hashing.value import VisualHash
+
+BMH1_SIZE = 256
+PHASH_SIZE = 32
+
+
+def bmh1(grey: np.ndarray) -> VisualHash:
+    """31 x 31 overlapping 16 x 16 blocks at step 8; bit = block mean >= mean of the whole image.
+
+    Compared in integers (``block_sum * 256 >= total``), which is what OpenCV's double arithmetic gives exactly.
+    """
+    if grey.shape != (BMH1_SIZE, BMH1_SIZE):
+        raise ValueError(f"bmh1 needs a {BMH1_SIZE}x{BMH1_SIZE} grey image")
+    cells = grey.reshape(32, 8, 32, 8).sum(axis=(1, 3), dtype=np.int64)  # 8 x 8 cell sums
+    blocks = cells[:-1, :-1] + cells[1:, :-1] + cells[:-1, 1:] + cells[1:, 1:]  # 16 x 16 block sums
+    bits = blocks.ravel() * 256 >= cells.sum()
+    return VisualHash.from_bits("bmh1", bits)
+
+
+@lru_cache(maxsize=1)
+def _dct_matrix() -> np.ndarray:
+    """Orthonormal DCT-II basis, first 8 rows (the only coefficients PHash keeps), float64."""
+    n = PHASH_SIZE
+    k = np.arange(8)[:, None]
+    x = np.arange(n)[None, :]
+    basis = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    basis[0] /= np.sqrt(2.0)
+    basis.setflags(write=False)
+    return basis
+
+
+def phash(grey: np.ndarray) -> VisualHash:
+    """Top-left 8 x 8 of the 2-D DCT, DC set to 0; bit = coefficient > mean of those 64 values.
+
+    Each 1-D pass takes the AC terms of the vector minus its first element (the same coefficients, since every AC
+    basis vector sums to zero) and the DC term from the sum: a constant row or column then gives exact zeros, as
+    OpenCV's DCT does, so flat images cannot flip bits through float round-off.
+    """
+    if grey.shape != (PHASH_SIZE, PHASH_SIZE):
+        raise ValueError(f"phash needs a {PHASH_SIZE}x{PHASH_SIZE} grey image")
+    rows = _dct_first8(grey.astype(np.float64))  # 32 x 8: DCT of each row
+    coeffs = _dct_first8(rows.T).T.astype(np.float32)  # 8 x 8
+    coeffs[0, 0] = 0.0
+    threshold = np.float32(coeffs.astype(np.float64).mean())
+    return VisualHash.from_bits("phash", (coeffs > threshold).ravel())
+
+
+def _dct_first8(values: np.ndarray) -> np.ndarray:
+    """First 8 orthonormal DCT-II coefficients of each row of ``values`` (n x 32 -> n x 8)."""
+    basis = _dct_matrix()
+    out = (values - values[:, :1]) @ basis.T
+    out[:, :1] = values.sum(axis=1, keepdims=True) * basis[0, 0]
+    return out

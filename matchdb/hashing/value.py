@@ -1,0 +1,81 @@
+"""The visual hash value type: kind, packed bytes, bit string, Hamming and percent distance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Real bit length of each hash kind (bmh1: 31 x 31 blocks; phash: 8 x 8 DCT coefficients).
+NBITS = {"bmh1": 961, "phash": 64}
+
+#: Every stored hash records this, so a future change of algorithm can be detected and rehashed.
+ALGORITHM_VERSION = {"bmh1": 1, "phash": 1}
+
+HASH_TYPES = tuple(NBITS)
+
+
+def packed_size(kind: str) -> int:
+    """Bytes of the packed form: OpenCV's layout, one byte per started group of 8 bits (121 for bmh1, 8 for phash)."""
+    return (NBITS[kind] + 7) // 8
+
+
+@dataclass(frozen=True)
+class VisualHash:
+    """One hash of one image. Bit ``i`` lives in byte ``i // 8`` at position ``i % 8`` (LSB first), as in OpenCV."""
+
+    kind: str
+    data: bytes
+    _int: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in NBITS:
+            raise ValueError(f"unknown hash type {self.kind!r}; expected one of {', '.join(HASH_TYPES)}")
+        if len(self.data) != packed_size(self.kind):
+            raise ValueError(f"{self.kind} hash must be {packed_size(self.kind)} bytes, got {len(self.data)}")
+        object.__setattr__(self, "_int", int.from_bytes(self.data, "little"))
+
+    @classmethod
+    def from_bits(cls, kind: str, bits: np.ndarray) -> VisualHash:
+        """Pack a boolean vector of ``NBITS[kind]`` bits."""
+        if bits.shape != (NBITS[kind],):
+            raise ValueError(f"{kind} needs {NBITS[kind]} bits, got shape {bits.shape}")
+        return cls(kind, np.packbits(bits.astype(np.uint8), bitorder="little").tobytes())
+
+    @classmethod
+    def from_string(cls, kind: str, text: str) -> VisualHash:
+        """Parse the API's string form (8 binary digits per byte, most significant first)."""
+        size = packed_size(kind)
+        if len(text) != size * 8 or text.strip("01"):
+            raise ValueError(f"{kind} string must be {size * 8} characters of 0 and 1")
+        return cls(kind, bytes(int(text[i : i + 8], 2) for i in range(0, len(text), 8)))
+
+    @property
+    def nbits(self) -> int:
+        return NBITS[self.kind]
+
+    def to_string(self) -> str:
+        """The API's string form, as Ximilar prints it: each byte as 8 binary digits, most significant first."""
+        return "".join(format(b, "08b") for b in self.data)
+
+    def as_int(self) -> int:
+        """The hash as one integer (bit ``i`` of the hash is bit ``i`` of the integer)."""
+        return self._int
+
+    def hamming(self, other: VisualHash) -> int:
+        """Number of differing bits."""
+        if other.kind != self.kind:
+            raise ValueError(f"cannot compare a {self.kind} hash with a {other.kind} hash")
+        return (self._int ^ other._int).bit_count()
+
+    def distance(self, other: VisualHash) -> float:
+        """Percentage of differing bits over the real bit length, in [0, 100] (API.md section 4)."""
+        return percent(self.hamming(other), self.nbits)
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+
+def percent(hamming: int, nbits: int) -> float:
+    """Hamming distance as the percentage of the hash's real length."""
+    return 100.0 * hamming / nbits
