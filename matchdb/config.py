@@ -32,9 +32,9 @@ class Settings:
             raw = env.get(f"MATCHDB_{field.name.upper()}")
             if raw is None or raw == "":
                 continue
-            default = field.default
+            default: object = field.default
             try:
-                values[field.name] = type(default)(raw) if not isinstance(default, str) else raw
+                values[field.name] = int(raw) if isinstance(default, int) else raw
             except ValueError as exc:
                 raise ConfigError(f"MATCHDB_{field.name.upper()}={raw!r}: {exc}") from exc
         settings = cls(**values)  # type: ignore[arg-type]

@@ -65,7 +65,10 @@ def generated_cases() -> Iterator[tuple[str, bytes]]:
     yield "same-size-256.png", encode(Image.fromarray(photo_like(256, 256, 10)), "PNG")
     yield "upscale-100x60.jpg", encode(Image.fromarray(photo_like(100, 60, 11)), "JPEG", quality=90)
     yield "horizontal-gradient.png", encode(Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (64, 1))), "PNG")
-    yield "vertical-gradient.png", encode(Image.fromarray(np.tile(np.arange(200, dtype=np.uint8)[:, None], (1, 90))), "PNG")
+    yield (
+        "vertical-gradient.png",
+        encode(Image.fromarray(np.tile(np.arange(200, dtype=np.uint8)[:, None], (1, 90))), "PNG"),
+    )
     # JPEG variants
     yield "baseline.jpg", encode(rgb, "JPEG", quality=75)
     yield "progressive.jpg", encode(rgb, "JPEG", quality=80, progressive=True)
@@ -75,7 +78,10 @@ def generated_cases() -> Iterator[tuple[str, bytes]]:
     yield "grey-progressive.jpg", encode(grey, "JPEG", quality=85, progressive=True)
     yield "odd-size-443x331.jpg", encode(Image.fromarray(photo_like(443, 331, 12)), "JPEG", quality=88)
     for orientation in range(1, 9):
-        yield f"exif-orientation-{orientation}.jpg", with_orientation(photo_like(300, 180, 20 + orientation), orientation)
+        yield (
+            f"exif-orientation-{orientation}.jpg",
+            with_orientation(photo_like(300, 180, 20 + orientation), orientation),
+        )
     # PNG variants
     yield "rgb.png", encode(rgb, "PNG")
     yield "grey.png", encode(grey, "PNG")

@@ -12,11 +12,12 @@ the few rows and columns they need.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from matchdb.errors import ImageError
 
@@ -80,28 +81,38 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pixels:
         orientation = _orientation(image)
     except ImageError:
         raise
-    except OSError as exc:
-        if "truncated" in str(exc):
-            raise ImageError("image truncated: the file ends before the image data does") from exc
-        raise ImageError(f"corrupt image: {exc}") from exc
-    except (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError) as exc:
-        raise ImageError(f"corrupt image: {exc}") from exc
+    except _DECODER_ERRORS as exc:
+        raise _image_error(exc) from exc
     finally:
         image.close()
     return Pixels(array, orientation)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+# What Pillow's plugins raise on malformed input (they are not consistent about it).
+_DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError)
+
+
+def _image_error(exc: Exception) -> ImageError:
+    if "truncated" in str(exc).lower():
+        return ImageError("image truncated: the file ends before the image data does")
+    return ImageError(f"corrupt image: {exc}")
+
+
+def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}") from exc
+        # Pillow's own, higher guard (2 x Image.MAX_IMAGE_PIXELS) fired first; say it in our words.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = found.group(1) if found else "too many"
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        raise ImageError(f"image too large: {pixels} pixels > limit {limit}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError("cannot identify image: the data is not a JPEG, PNG, TIFF, WebP, GIF or BMP file") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"corrupt image: {exc}") from exc
+    except _DECODER_ERRORS as exc:
+        raise _image_error(exc) from exc
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -112,7 +123,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _load_array(image: Image.Image) -> np.ndarray:
+def _load_array(image: ImageFile.ImageFile) -> np.ndarray:
     """Decode the first frame into a buffer in one of the layouts :class:`Pixels` documents."""
     mode = image.mode
     if mode in _DIRECT_MODES and image.format in ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"):
@@ -166,7 +177,7 @@ def _premultiply(array: np.ndarray, image: Image.Image) -> np.ndarray:
     return out
 
 
-def _decode_into_numpy(image: Image.Image, bytes_per_pixel: int) -> np.ndarray | None:
+def _decode_into_numpy(image: ImageFile.ImageFile, bytes_per_pixel: int) -> np.ndarray | None:
     """Let Pillow's decoder write straight into a numpy buffer (its own layout: 1 or 4 bytes a pixel).
 
     This avoids the full-image copy of ``np.asarray(image)``, a fifth of the decode time on large photos. It uses
@@ -177,7 +188,9 @@ def _decode_into_numpy(image: Image.Image, bytes_per_pixel: int) -> np.ndarray |
     shape: tuple[int, ...] = (height, width) if bytes_per_pixel == 1 else (height, width, bytes_per_pixel)
     buffer = np.empty(shape, dtype=np.uint8)
     try:
-        core = Image.core.map_buffer(buffer, (width, height), "raw", 0, (image.mode, width * bytes_per_pixel, 1))
+        core = Image.core.map_buffer(  # type: ignore[attr-defined]
+            buffer, (width, height), "raw", 0, (image.mode, width * bytes_per_pixel, 1)
+        )
         image.im = core
     except (AttributeError, TypeError, ValueError):
         return None

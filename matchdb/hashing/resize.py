@@ -56,19 +56,23 @@ _scratch = _Scratch()
 def _gather(pixels: Pixels, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """Pixels at rows ``ys`` x columns ``xs`` of the oriented image, as ``(len(ys), len(xs) * channels)`` uint8.
 
-    One ``np.take`` on the flat decode buffer, with indices computed from the oriented view's strides, so
-    orientation costs nothing and only the needed pixels are read.
+    Two ``np.take`` calls on the oriented view (whole RGBX pixels moved as uint32), in the order that copies less;
+    only the needed pixels are read and orientation costs nothing.
     """
-    view, base = pixels.array, pixels.buffer
-    pixel_bytes = 1 if base.ndim == 2 else base.shape[2]
-    flat = base.reshape(-1).view(np.uint8 if pixel_bytes == 1 else np.uint32)
-    start = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // pixel_bytes
-    row_step, col_step = view.strides[0] // pixel_bytes, view.strides[1] // pixel_bytes
-    index = _scratch.array("index", (len(ys), len(xs)), np.int64)
-    np.add((ys * row_step + start)[:, None], (xs * col_step)[None, :], out=index)
-    out = _scratch.array("gathered", (len(ys), len(xs)), flat.dtype.type)
-    np.take(flat, index, out=out)
-    return out.view(np.uint8).reshape(len(ys), len(xs) * pixel_bytes)
+    view = pixels.array
+    if not pixels.is_grey:
+        view = view.view(np.uint32)[..., 0]
+    height, width = view.shape
+    out = _scratch.array("gathered", (len(ys), len(xs)), view.dtype.type)
+    if len(ys) * width <= height * len(xs):
+        rows = _scratch.array("gather_step", (len(ys), width), view.dtype.type)
+        np.take(view, ys, axis=0, out=rows)
+        np.take(rows, xs, axis=1, out=out)
+    else:
+        cols = _scratch.array("gather_step", (height, len(xs)), view.dtype.type)
+        np.take(view, xs, axis=1, out=cols)
+        np.take(cols, ys, axis=0, out=out)
+    return out.view(np.uint8).reshape(len(ys), -1)
 
 
 def resize_grey(pixels: Pixels, size: int) -> np.ndarray:
@@ -79,26 +83,33 @@ def resize_grey(pixels: Pixels, size: int) -> np.ndarray:
     channels = corners.shape[1] // (2 * size)
     half = size * channels
     # Channels stay folded into each row so every numpy loop below runs over long contiguous rows.
+    # Across: w0 * a + w1 * b + 128 <= 65408 fits uint16; the 128 is OpenCV's final rounding term (32768) divided
+    # by the vertical weights, which sum to 256.
     wx1 = np.repeat(wx, channels).astype(np.uint16)
     across = _scratch.array("across", (2 * size, half), np.uint16)
     term = _scratch.array("across_term", (2 * size, half), np.uint16)
     np.multiply(256 - wx1, corners[:, :half], out=across)
     np.multiply(wx1, corners[:, half:], out=term)
-    across += term  # at most 255 * 256: exact in uint16
-    wy1 = wy[:, None].astype(np.uint32)
-    blended = _scratch.array("blended", (size, half), np.uint32)
-    down = _scratch.array("down_term", (size, half), np.uint32)
-    np.multiply(256 - wy1, across[:size], out=blended)
-    np.multiply(wy1, across[size:], out=down)
-    blended += down
-    blended += 32768
-    blended >>= 16
+    across += term
+    across += 128
+    # Down: (top << 8) + w1 * (bottom - top), then >> 16, read as the high half of each uint32 (little-endian).
+    top, bottom = across[:size], across[size:]
+    blended = _scratch.array("blended", (size, half), np.int32)
+    step = _scratch.array("down_term", (size, half), np.int32)
+    np.subtract(bottom, top, out=step, dtype=np.int32)
+    step *= wy[:, None]
+    np.left_shift(top, 8, out=blended, dtype=np.int32)
+    blended += step
+    value = blended.view(np.uint16)[:, 1::2] if _LITTLE_ENDIAN else (blended >> 16)
     if channels == 1:
-        return blended.astype(np.uint8)
-    colour = blended.reshape(size, size, channels)
+        return value.astype(np.uint8)
+    colour = value.reshape(size, size, channels).astype(np.uint32)
     grey = colour[..., 2] * 3735
     grey += colour[..., 1] * 19235
     grey += colour[..., 0] * 9798
     grey += 16384
     grey >>= 15
     return grey.astype(np.uint8)
+
+
+_LITTLE_ENDIAN = np.little_endian

@@ -17,6 +17,8 @@ HASH_TYPES = tuple(NBITS)
 
 def packed_size(kind: str) -> int:
     """Bytes of the packed form: OpenCV's layout, one byte per started group of 8 bits (121 for bmh1, 8 for phash)."""
+    if kind not in NBITS:
+        raise ValueError(f"unknown hash type {kind!r}; expected one of {', '.join(HASH_TYPES)}")
     return (NBITS[kind] + 7) // 8
 
 

@@ -1,0 +1,5 @@
+"""``python -m matchdb`` runs the CLI."""
+
+from matchdb.cli import main
+
+main()
