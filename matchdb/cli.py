@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from pathlib import Path
 
 import click
+from sqlalchemy import Engine
 
 from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.errors import ConfigError, ImageError
 from matchdb.hashing import HASH_TYPES, hash_image
+from matchdb.storage import tokens as token_store
+from matchdb.storage.database import current_revision, make_engine, upgrade
 
 
 @click.group()
@@ -59,3 +63,113 @@ def hash_command(files: tuple[Path, ...], hash_types: tuple[str, ...]) -> None:
     if failed:
         click.echo(f"matchdb hash: {failed} of {len(files)} files failed", err=True)
         sys.exit(1)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
+@click.option(
+    "--insecure-open",
+    is_flag=True,
+    help="Allow serving a non-loopback address while no API token exists (anyone who can connect gets in).",
+)
+def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
+    """Serve the Ximilar-compatible API with uvicorn.
+
+    The database schema is brought up to date first, once, before any worker starts; MATCHDB_BOOTSTRAP_TOKEN is
+    created if missing. Without any token the API is open, which is only allowed on a loopback address.
+    """
+    import uvicorn
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        if settings.bootstrap_token:
+            token_store.ensure_token(connection, settings.bootstrap_token)
+        tokens_exist = token_store.any_token_ever(connection)
+    engine.dispose()
+    if not tokens_exist and not _is_loopback(host) and not insecure_open:
+        raise click.UsageError(
+            f"refusing to serve {host} with no API token: create one (matchdb token create), set "
+            "MATCHDB_BOOTSTRAP_TOKEN, or pass --insecure-open"
+        )
+    if not tokens_exist:
+        click.echo("matchdb: no API token exists, the API is open to anyone who can connect", err=True)
+    uvicorn.run("matchdb.web.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+
+
+@main.group()
+def db() -> None:
+    """Database administration."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema up to date (Alembic migrations)."""
+    engine = make_engine(_settings().database_url)
+    before = current_revision(engine)
+    upgrade(engine)
+    after = current_revision(engine)
+    click.echo(f"schema at {after}" + (f" (was {before or 'empty'})" if before != after else " (already current)"))
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens (stored hashed; a token is shown once, when created)."""
+
+
+def _engine_for_tokens() -> Engine:
+    engine = make_engine(_settings().database_url)
+    upgrade(engine)
+    return engine
+
+
+@token.command("create")
+@click.option("--workspace", default=token_store.DEFAULT_WORKSPACE, show_default=True)
+@click.option("--read-only", is_flag=True, help="The token may read but not write.")
+@click.option("--note", default="", help="A note to recognise the token by in `matchdb token list`.")
+def token_create(workspace: str, read_only: bool, note: str) -> None:
+    """Create a token and print it (the only time it is shown)."""
+    with _engine_for_tokens().begin() as connection:
+        value, info = token_store.create_token(connection, workspace, read_only, note)
+    click.echo(value)
+    click.echo(f"token {info.id} for workspace {info.workspace!r}{' (read-only)' if read_only else ''}", err=True)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def token_list(as_json: bool) -> None:
+    """List tokens (id, prefix, workspace, rights, state), never the tokens themselves."""
+    with _engine_for_tokens().connect() as connection:
+        infos = token_store.list_tokens(connection)
+    for info in infos:
+        state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
+        rights = "read-only" if info.read_only else "read-write"
+        if as_json:
+            row = {"id": info.id, "prefix": info.prefix, "workspace": info.workspace, "read_only": info.read_only}
+            click.echo(json.dumps({**row, "state": state, "note": info.note}))
+        else:
+            click.echo(f"{info.id:>4}  {info.prefix}...  {info.workspace:<16} {rights:<10} {state:<24} {info.note}")
+
+
+@token.command("revoke")
+@click.argument("key")
+def token_revoke(key: str) -> None:
+    """Revoke the token with id or prefix KEY."""
+    with _engine_for_tokens().begin() as connection:
+        count = token_store.revoke_token(connection, key)
+    if count <= 0:
+        reason = "no active token matches" if count == 0 else f"{-count} active tokens match; give more of the prefix"
+        raise click.ClickException(f"{reason} {key!r}")
+    click.echo(f"revoked {count} token")

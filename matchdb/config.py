@@ -1,19 +1,22 @@
 """One settings object, built from ``MATCHDB_*`` environment variables and passed down explicitly.
 
 Nothing reads the environment anywhere else: the composition roots (``matchdb serve``, the CLI commands) build a
-:class:`Settings` once, so tests construct their own without touching ``os.environ``.
+:class:`Settings` once, so tests construct their own without touching ``os.environ``. Every field is documented in
+docs/configuration.md (a test keeps the two in step).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Any, get_type_hints
 
 from matchdb.errors import ConfigError
 from matchdb.hashing.decode import DEFAULT_MAX_PIXELS
 
 DEFAULT_DATABASE_URL = "sqlite:///matchdb.sqlite3"
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -21,23 +24,58 @@ class Settings:
     """Every operator setting; each field is read from ``MATCHDB_<FIELD NAME IN UPPER CASE>``."""
 
     database_url: str = DEFAULT_DATABASE_URL
+    bootstrap_token: str = ""
+    max_records: int = 100
+    max_body_bytes: int = 64 * MIB
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_download_bytes: int = 20 * MIB
+    fetch_connect_timeout: float = 5.0
+    fetch_read_timeout: float = 15.0
+    fetch_attempts: int = 3
+    fetch_max_redirects: int = 5
+    fetch_allow: tuple[str, ...] = ()
+    fetch_concurrency: int = 16
+    hash_threads: int = 0  # 0: one per CPU core
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from ``environ`` (default ``os.environ``); malformed values raise :class:`ConfigError`."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
         for field in fields(cls):
-            raw = env.get(f"MATCHDB_{field.name.upper()}")
-            if raw is None or raw == "":
+            name = f"MATCHDB_{field.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
                 continue
-            default: object = field.default
-            try:
-                values[field.name] = int(raw) if isinstance(default, int) else raw
-            except ValueError as exc:
-                raise ConfigError(f"MATCHDB_{field.name.upper()}={raw!r}: {exc}") from exc
-        settings = cls(**values)  # type: ignore[arg-type]
-        if settings.max_pixels <= 0:
-            raise ConfigError("MATCHDB_MAX_PIXELS must be positive")
+            values[field.name] = _parse(name, raw.strip(), hints[field.name])
+        settings = replace(cls(**values), **overrides)
+        settings.validate()
         return settings
+
+    def validate(self) -> None:
+        positive = ("max_records", "max_body_bytes", "max_pixels", "max_download_bytes", "fetch_attempts")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"MATCHDB_{name.upper()} must be positive")
+        if self.fetch_connect_timeout <= 0 or self.fetch_read_timeout <= 0:
+            raise ConfigError("fetch timeouts must be positive")
+        if self.fetch_max_redirects < 0 or self.hash_threads < 0 or self.fetch_concurrency <= 0:
+            raise ConfigError("MATCHDB_FETCH_MAX_REDIRECTS and MATCHDB_HASH_THREADS must not be negative")
+
+    @property
+    def hash_workers(self) -> int:
+        return self.hash_threads or (os.cpu_count() or 1)
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind == tuple[str, ...]:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc

@@ -44,3 +44,20 @@ def corpus() -> list[CorpusImage]:
     if not images:
         pytest.skip("MATCHDB_TEST_CORPUS is not set (point it at the photo corpus to run this test)")
     return images
+
+
+# In CI (MATCHDB_TEST_STRICT=1) every test must run: a skip means a resource CI should provide is missing.
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("MATCHDB_TEST_STRICT") and _skipped:
+        print(f"\nMATCHDB_TEST_STRICT: {len(_skipped)} tests were skipped, which CI does not allow:")
+        for nodeid in _skipped[:20]:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

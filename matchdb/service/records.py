@@ -1,0 +1,121 @@
+"""Records in, hashed images out: validation of one record, ``_base64`` decoding, ``_url`` fetching, hashing.
+
+A failed record is a value (:class:`RecordFailure`), never an exception that spoils its batch. Hashing runs in a
+thread pool (Pillow and numpy release the GIL for the heavy parts), so the event loop stays free and several
+requests hash in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from matchdb.errors import ImageError
+from matchdb.fetch import Fetcher, FetchError
+from matchdb.hashing import HashedImage, hash_image
+
+_DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class RecordFailure:
+    """Why one record could not be used: its ``_status`` code and text."""
+
+    code: int
+    text: str
+
+
+@dataclass(frozen=True)
+class LoadedRecord:
+    """One record of a request after loading: the record to echo back and either its hashes or its failure."""
+
+    record: dict[str, Any]
+    image: HashedImage | None
+    failure: RecordFailure | None = None
+
+
+def echo_record(raw: object, assign_id: bool) -> dict[str, Any]:
+    """The record as it is echoed back: every attribute but ``_base64``; ``_id`` as a string, assigned if asked."""
+    record = {k: v for k, v in raw.items() if k != "_base64"} if isinstance(raw, dict) else {}
+    identifier = record.get("_id")
+    if identifier is None:
+        if assign_id:
+            record["_id"] = str(uuid.uuid4())
+        else:
+            record.pop("_id", None)
+    elif isinstance(identifier, (int, float)) and not isinstance(identifier, bool):
+        record["_id"] = str(identifier)
+    return record
+
+
+def image_failure(message: str) -> RecordFailure:
+    return RecordFailure(400, f"Error Loading Image: {message}")
+
+
+def decode_base64(value: object, max_bytes: int) -> bytes:
+    """The bytes of a ``_base64`` field (plain base64 or a ``data:image/...;base64,`` URI)."""
+    if not isinstance(value, str):
+        raise ImageError("_base64 must be a string")
+    text = _DATA_URI.sub("", value.strip(), count=1)
+    text = _WHITESPACE.sub("", text)
+    if not text:
+        raise ImageError("_base64 is empty")
+    if len(text) * 3 // 4 > max_bytes + 3:
+        raise ImageError(f"image too large: more than {max_bytes} bytes")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError("_base64 is not valid base64") from exc
+
+
+class ImageLoader:
+    """Turns request records into hashed images, fetching ``_url`` records concurrently."""
+
+    def __init__(self, fetcher: Fetcher, executor: Executor, max_pixels: int, max_bytes: int, concurrency: int):
+        self._fetcher = fetcher
+        self._executor = executor
+        self._max_pixels = max_pixels
+        self._max_bytes = max_bytes
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def load_many(self, raws: Sequence[object], kinds: Sequence[str], assign_id: bool) -> list[LoadedRecord]:
+        """Load every record concurrently; the result keeps request order."""
+        return list(await asyncio.gather(*(self.load(raw, kinds, assign_id) for raw in raws)))
+
+    async def load(self, raw: object, kinds: Sequence[str], assign_id: bool) -> LoadedRecord:
+        record = echo_record(raw, assign_id)
+        if not isinstance(raw, dict):
+            return LoadedRecord(record, None, RecordFailure(400, "record must be a JSON object"))
+        identifier = record.get("_id")
+        if identifier is not None and not isinstance(identifier, str):
+            return LoadedRecord(record, None, RecordFailure(400, "_id must be a string or a number"))
+        try:
+            data = await self._bytes_of(raw)
+            async with self._limit:
+                loop = asyncio.get_running_loop()
+                image = await loop.run_in_executor(self._executor, hash_image, data, tuple(kinds), self._max_pixels)
+        except (ImageError, FetchError) as exc:
+            return LoadedRecord(record, None, image_failure(str(exc)))
+        record["_width"], record["_height"] = image.width, image.height
+        return LoadedRecord(record, image)
+
+    async def _bytes_of(self, raw: dict[str, Any]) -> bytes:
+        if "_base64" in raw and raw["_base64"] is not None:
+            return decode_base64(raw["_base64"], self._max_bytes)
+        if raw.get("_url"):
+            url = raw["_url"]
+            if not isinstance(url, str):
+                raise ImageError("_url must be a string")
+            async with self._limit:
+                return await self._fetcher.fetch(url)
+        if "_file" in raw:
+            raise ImageError("_file is read by Ximilar's client, not by the server: send the image bytes as _base64")
+        raise ImageError("the record has no _url or _base64")

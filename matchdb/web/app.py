@@ -1,0 +1,95 @@
+"""The Starlette application: built by :func:`create_app` from explicit settings (no import-time state).
+
+Routes, exception handlers and the lifespan (database engine, fetcher, hashing thread pool) all live here;
+the Ximilar methods themselves are in :mod:`matchdb.web.stateless`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from matchdb import __version__
+from matchdb.config import Settings
+from matchdb.fetch import Fetcher
+from matchdb.service.records import ImageLoader
+from matchdb.storage.database import make_engine
+from matchdb.web import stateless
+from matchdb.web.auth import Authenticator
+from matchdb.web.envelope import ApiError, RequestContext, error_response
+
+log = logging.getLogger("matchdb")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app for ``settings``. The schema must already be up to date (``matchdb serve`` sees to it)."""
+    proc_id = str(uuid.uuid4())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        executor = ThreadPoolExecutor(max_workers=settings.hash_workers, thread_name_prefix="matchdb-hash")
+        fetcher = Fetcher(
+            connect_timeout=settings.fetch_connect_timeout,
+            read_timeout=settings.fetch_read_timeout,
+            max_bytes=settings.max_download_bytes,
+            max_redirects=settings.fetch_max_redirects,
+            attempts=settings.fetch_attempts,
+            allow=settings.fetch_allow,
+        )
+        app.state.settings = settings
+        app.state.proc_id = proc_id
+        app.state.authenticator = Authenticator(engine)
+        app.state.loader = ImageLoader(
+            fetcher, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency
+        )
+        try:
+            yield
+        finally:
+            await fetcher.aclose()
+            executor.shutdown(wait=False, cancel_futures=True)
+            engine.dispose()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        text = "Unknown method or path" if exc.status_code == 404 else str(exc.detail)
+        return error_response(RequestContext(proc_id), exc.status_code, text)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(RequestContext(proc_id), exc.status, exc.text)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        context = RequestContext(proc_id)
+        log.exception("internal error (request_id %s)", context.request_id, exc_info=exc)
+        return error_response(context, 500, f"Internal server error (request_id {context.request_id})")
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    routes = [
+        Route("/healthz", health, methods=["GET"]),
+        Route("/v2/ping", stateless.ping, methods=["GET", "POST"]),
+        Route("/v2/visual_hash", stateless.visual_hash, methods=["POST"]),
+        Route("/v2/remove_duplicates", stateless.remove_duplicates, methods=["POST"]),
+        Route("/v2/rank_images", stateless.rank_images, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: server_error},
+    )
+
+
+def app_from_env() -> Starlette:
+    """Factory for uvicorn workers (``matchdb serve``): settings from ``MATCHDB_*``."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,53 @@
+"""Who is calling: ``Authorization: Token <t>`` (or ``JWT <t>``, as Ximilar's Python client sends) -> a workspace.
+
+Open mode: while the database has never held a token, every request runs as workspace ``default`` and the header
+is ignored (``matchdb serve`` only allows that on a loopback address). Once a token exists it never comes back:
+tokens are revoked, not deleted, so revoking the last one does not silently open the service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from matchdb.storage.tokens import DEFAULT_WORKSPACE, any_token_ever, find_token
+from matchdb.web.envelope import ApiError
+
+_SCHEMES = ("token", "jwt", "bearer")
+
+
+@dataclass(frozen=True)
+class Principal:
+    workspace: str
+    read_only: bool
+    token_id: int | None  # None in open mode
+
+
+class Authenticator:
+    """Checks tokens against the database (hashed); blocking, so call it from a worker thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._tokens_exist = False  # once True it stays True (tokens are never deleted)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        with self._engine.connect() as connection:
+            if not self._tokens_exist:
+                self._tokens_exist = any_token_ever(connection)
+                if not self._tokens_exist:
+                    return Principal(DEFAULT_WORKSPACE, read_only=False, token_id=None)
+            token = _parse_header(authorization)
+            info = find_token(connection, token)
+        if info is None:
+            raise ApiError(401, "Invalid or revoked API token")
+        return Principal(info.workspace, info.read_only, info.id)
+
+
+def _parse_header(authorization: str | None) -> str:
+    if not authorization or not authorization.strip():
+        raise ApiError(401, "Authentication required: send the header 'Authorization: Token <your token>'")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() not in _SCHEMES or not token.strip():
+        raise ApiError(401, "Malformed Authorization header: expected 'Token <your token>'")
+    return token.strip()

@@ -1,0 +1,72 @@
+"""The Ximilar response envelope, built in one place: ``status``, ``statistics`` and the per-record ``_status``.
+
+    ApiError            a request-level failure: HTTP status + Ximilar status code + text (400, 401, 403, 404, 413, 503)
+
+Handlers raise :class:`ApiError`; the app's exception handler renders it with :func:`error_response`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from matchdb.errors import MatchdbError
+from matchdb.service.records import LoadedRecord
+
+
+class ApiError(MatchdbError):
+    """A request the API refuses as a whole."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+@dataclass
+class RequestContext:
+    """Per-request identity and clock for the envelope."""
+
+    proc_id: str
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started: float = field(default_factory=time.perf_counter)
+
+    def status(self, code: int, text: str) -> dict[str, Any]:
+        return {"code": code, "text": text, "request_id": self.request_id, "proc_id": self.proc_id}
+
+    def record_status(self, code: int, text: str) -> dict[str, Any]:
+        return {"code": code, "text": text, "request_id": self.request_id}
+
+    def respond(self, body: dict[str, Any], code: int = 200, text: str = "OK") -> JSONResponse:
+        """Add ``status`` and ``statistics`` to ``body``; HTTP 200 for 200 and 300 (MIXED_RESULT), else ``code``."""
+        body["status"] = self.status(code, text)
+        body["statistics"] = {"processing time": time.perf_counter() - self.started}
+        return JSONResponse(body, status_code=200 if code in (200, 300) else code)
+
+
+def stamp_statuses(context: RequestContext, loaded: Sequence[LoadedRecord]) -> None:
+    """Give every loaded record its ``_status`` (OK or why it failed)."""
+    for item in loaded:
+        failure = item.failure
+        item.record["_status"] = (
+            context.record_status(200, "OK") if failure is None else context.record_status(failure.code, failure.text)
+        )
+
+
+def batch_outcome(loaded: Sequence[LoadedRecord]) -> tuple[int, str]:
+    """200 OK when every record loaded, 300 MIXED_RESULT when some did, 400 when none did."""
+    failed = sum(item.failure is not None for item in loaded)
+    if failed == 0:
+        return 200, "OK"
+    if failed < len(loaded):
+        return 300, "MIXED_RESULT"
+    return 400, "Error: no record could be processed (see each record's _status)"
+
+
+def error_response(context: RequestContext, status: int, text: str) -> JSONResponse:
+    return context.respond({}, status, text)

@@ -1,0 +1,81 @@
+"""Request parsing and validation with precise 400 messages: the body, ``records``, ``hash_type``, numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from starlette.requests import Request
+
+from matchdb.hashing import HASH_TYPES
+from matchdb.web.envelope import ApiError
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The JSON object in the body, read with a size cap (413 beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, f"Request body too large: more than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"Request body too large: more than {max_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"Invalid JSON in request body: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return parsed
+
+
+def records_field(body: dict[str, Any], max_records: int, name: str = "records") -> list[Any]:
+    if name not in body:
+        raise ApiError(400, f"Missing field '{name}'")
+    records = body[name]
+    if not isinstance(records, list):
+        raise ApiError(400, f"Field '{name}' must be a list of records")
+    if not records:
+        raise ApiError(400, f"Field '{name}' must not be empty")
+    if len(records) > max_records:
+        raise ApiError(400, f"Too many records: {len(records)} > limit {max_records}")
+    return records
+
+
+def hash_types(body: dict[str, Any], default: tuple[str, ...], allow_list: bool) -> tuple[str, ...]:
+    value = body.get("hash_type")
+    if value is None:
+        return default
+    values = value if isinstance(value, list) and allow_list else [value]
+    if not values or not all(isinstance(v, str) and v in HASH_TYPES for v in values):
+        expected = " or ".join(f"'{t}'" for t in HASH_TYPES) + (" (or a list of them)" if allow_list else "")
+        raise ApiError(400, f"Unknown hash_type {json.dumps(value)}: expected {expected}")
+    return tuple(dict.fromkeys(values))
+
+
+def number_field(body: dict[str, Any], name: str, default: float | None, maximum: float = 100.0) -> float | None:
+    """A distance threshold in percent: a number in [0, 100]."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ApiError(400, f"Field '{name}' must be a number, got {json.dumps(value)}")
+    if not 0 <= value <= maximum:
+        raise ApiError(400, f"Field '{name}' must be between 0 and {maximum:g}, got {value}")
+    return float(value)
+
+
+def count_field(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiError(400, f"Field '{name}' must be a positive integer, got {json.dumps(value)}")
+    return value

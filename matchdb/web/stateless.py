@@ -1,0 +1,114 @@
+"""Handlers of Ximilar's stateless methods: ping, visual_hash, remove_duplicates, rank_images (API.md section 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from matchdb import __version__
+from matchdb.config import Settings
+from matchdb.hashing import HASH_TYPES
+from matchdb.service import stateless as service
+from matchdb.service.records import ImageLoader
+from matchdb.web.auth import Authenticator, Principal
+from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
+from matchdb.web.requests import count_field, hash_types, number_field, read_json, records_field
+
+SERVICE_INFO = {
+    "_name": "Image matching service",
+    "_info": "Get visual hashes, find (near-)duplicate images and rank them",
+}
+
+Handler = Callable[[Request, RequestContext, Principal, dict[str, Any]], Awaitable[JSONResponse]]
+
+
+def api_method(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """Wrap a method: request context, authentication, JSON body; ApiError becomes the enveloped error."""
+
+    async def endpoint(request: Request) -> JSONResponse:
+        context = RequestContext(request.app.state.proc_id)
+        try:
+            authenticator: Authenticator = request.app.state.authenticator
+            principal = await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+            settings: Settings = request.app.state.settings
+            body = await read_json(request, settings.max_body_bytes) if request.method == "POST" else {}
+            return await handler(request, context, principal, body)
+        except ApiError as exc:
+            return context.respond({}, exc.status, exc.text)
+
+    return endpoint
+
+
+def _loader(request: Request) -> ImageLoader:
+    loader: ImageLoader = request.app.state.loader
+    return loader
+
+
+def _max_records(request: Request) -> int:
+    settings: Settings = request.app.state.settings
+    return settings.max_records
+
+
+@api_method
+async def ping(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
+    return context.respond({"_service_info": dict(SERVICE_INFO), "version": __version__})
+
+
+@api_method
+async def visual_hash(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    records = records_field(body, _max_records(request))
+    kinds = hash_types(body, HASH_TYPES, allow_list=True)
+    loaded = await _loader(request).load_many(records, kinds, assign_id=True)
+    stamp_statuses(context, loaded)
+    code, text = batch_outcome(loaded)
+    return context.respond({"records": service.visual_hash(loaded, kinds)}, code, text)
+
+
+@api_method
+async def remove_duplicates(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    records = records_field(body, _max_records(request))
+    (kind,) = hash_types(body, ("bmh1",), allow_list=False)
+    limit = number_field(body, "range", 0.0)
+    assert limit is not None
+    loaded = await _loader(request).load_many(records, (kind,), assign_id=True)
+    stamp_statuses(context, loaded)
+    code, text = batch_outcome(loaded)
+    return context.respond({"records": service.remove_duplicates(loaded, kind, limit)}, code, text)
+
+
+@api_method
+async def rank_images(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    if not isinstance(body.get("query_record"), dict):
+        raise ApiError(400, "Missing field 'query_record' (an object with _url or _base64)")
+    records = records_field(body, _max_records(request))
+    (kind,) = hash_types(body, ("bmh1",), allow_list=False)
+    k = count_field(body, "k")
+    radius = number_field(body, "radius", None)
+    loader = _loader(request)
+    query = await loader.load(body["query_record"], (kind,), assign_id=False)
+    loaded = await loader.load_many(records, (kind,), assign_id=True)
+    stamp_statuses(context, [query, *loaded])
+    if query.image is None:
+        assert query.failure is not None
+        return context.respond({"query_records": [query.record]}, 400, f"Query record failed: {query.failure.text}")
+    ranking = service.rank(query.image.hashes[kind], loaded, k, radius)
+    skipped = [item.record for item in loaded if item.failure is not None]
+    code, text = batch_outcome(loaded)
+    response = {
+        "query_records": [query.record],
+        "answer_records": ranking.answer_records,
+        "answer_distances": ranking.answer_distances,
+        "answer_hamming": ranking.answer_hamming,
+        "skipped_records": skipped,
+    }
+    return context.respond(response, code, text)
