@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import re
 import uuid
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ class LoadedRecord:
     record: dict[str, Any]
     image: HashedImage | None
     failure: RecordFailure | None = None
+    checksum: str = ""  # SHA-256 of the image bytes
 
 
 def echo_record(raw: object, assign_id: bool) -> dict[str, Any]:
@@ -105,7 +107,7 @@ class ImageLoader:
         except (ImageError, FetchError) as exc:
             return LoadedRecord(record, None, image_failure(str(exc)))
         record["_width"], record["_height"] = image.width, image.height
-        return LoadedRecord(record, image)
+        return LoadedRecord(record, image, checksum=hashlib.sha256(data).hexdigest())
 
     async def _bytes_of(self, raw: dict[str, Any]) -> bytes:
         if "_base64" in raw and raw["_base64"] is not None:

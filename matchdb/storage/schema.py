@@ -6,7 +6,22 @@ can alter them on SQLite and Postgres alike.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, MetaData, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 metadata = MetaData(
     naming_convention={
@@ -38,4 +53,45 @@ tokens = Table(
     Column("note", String(200), nullable=False, default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", String(36), primary_key=True),  # server-made UUID4
+    Column("workspace_id", Integer, ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("workspace_id", "name", name="uq_collections_workspace_id_name"),
+)
+
+records = Table(
+    "records",
+    metadata,
+    # The row id doubles as insertion order: ties between equally distant answers are ordered by it.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("collection_id", String(36), ForeignKey("collections.id", ondelete="CASCADE"), nullable=False),
+    Column("ext_id", String(500), nullable=False),  # the caller's _id
+    Column("attributes", JSON, nullable=False),  # every attribute but _id, _base64 and the computed ones
+    Column("source_url", Text, nullable=True),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("checksum", String(64), nullable=False),  # SHA-256 of the image bytes: reruns of an ingest skip unchanged
+    Column("bmh1", LargeBinary, nullable=False),
+    Column("phash", LargeBinary, nullable=False),
+    Column("hash_version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("collection_id", "ext_id", name="uq_records_collection_id_ext_id"),
+)
+
+# Every write appends here in its own transaction; servers catch up from the highest seq they have seen.
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("collection_id", String(36), nullable=False),
+    Column("op", String(16), nullable=False),  # upsert | delete | drop
+    Column("record_id", BigInteger, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_changes_collection_id_seq", "collection_id", "seq"),
 )

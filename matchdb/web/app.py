@@ -21,9 +21,11 @@ from starlette.routing import Route
 from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.fetch import Fetcher
+from matchdb.service.collections import CollectionService
+from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import ImageLoader
 from matchdb.storage.database import make_engine
-from matchdb.web import stateless
+from matchdb.web import collections, stateless
 from matchdb.web.auth import Authenticator
 from matchdb.web.envelope import ApiError, RequestContext, error_response
 
@@ -52,6 +54,9 @@ def create_app(settings: Settings) -> Starlette:
         app.state.loader = ImageLoader(
             fetcher, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency
         )
+        app.state.engine = engine
+        app.state.registry = IndexRegistry(engine)
+        app.state.collections = CollectionService(engine, app.state.loader, app.state.registry)
         try:
             yield
         finally:
@@ -82,6 +87,15 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v2/visual_hash", stateless.visual_hash, methods=["POST"]),
         Route("/v2/remove_duplicates", stateless.remove_duplicates, methods=["POST"]),
         Route("/v2/rank_images", stateless.rank_images, methods=["POST"]),
+        Route("/v2/insert", collections.insert, methods=["POST"]),
+        Route("/v2/delete", collections.delete, methods=["POST"]),
+        Route("/v2/update", collections.update, methods=["POST"]),
+        Route("/v2/get", collections.get, methods=["POST"]),
+        Route("/v2/allIDs", collections.all_ids, methods=["POST"]),
+        Route("/v2/visualKNN", collections.visual_knn, methods=["POST"]),
+        Route("/v2/visualRankRecords", collections.visual_rank_records, methods=["POST"]),
+        Route("/v2/collections", collections.collections_endpoint, methods=["GET", "POST"]),
+        Route("/v2/collections/{collection_id}", collections.collection_delete, methods=["DELETE"]),
     ]
     return Starlette(
         routes=routes,

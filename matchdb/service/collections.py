@@ -1,0 +1,258 @@
+"""Collection use cases: insert (upsert by ``_id``), delete, update, get, allIDs, visualKNN, visualRankRecords.
+
+Images are loaded and hashed like the stateless methods; the database is the truth (each request's writes are one
+transaction, with their change-log entries); answers come from the in-memory indexes after a catch-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, Float, and_, case, cast, false, func, or_, select
+from starlette.concurrency import run_in_threadpool
+
+from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
+from matchdb.service.indexes import IndexRegistry
+from matchdb.service.records import ImageLoader, LoadedRecord, RecordFailure
+from matchdb.service.stateless import shown_distance
+from matchdb.storage import records as store
+from matchdb.storage.schema import records as records_table
+
+COMPUTED = ("_id", "_base64", "_url", "_file", "_width", "_height", "_status")
+
+
+class QueryError(ValueError):
+    """A query the caller got wrong (bad filter, unknown stored ``_id``): a 400 or 404 for the whole request."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+
+
+def public_record(stored: store.StoredRecord, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """A stored record as the API shows it: ``_id``, attributes (or just ``fields``), ``_url``, size."""
+    attributes = (
+        stored.attributes if fields is None else {k: stored.attributes[k] for k in fields if k in stored.attributes}
+    )
+    out: dict[str, Any] = {"_id": stored.ext_id, **attributes}
+    if stored.source_url and (fields is None or "_url" in fields):
+        out["_url"] = stored.source_url
+    out["_width"], out["_height"] = stored.width, stored.height
+    return out
+
+
+def new_record(item: LoadedRecord) -> store.NewRecord:
+    assert item.image is not None
+    attributes = {k: v for k, v in item.record.items() if k not in COMPUTED}
+    url = item.record.get("_url")
+    return store.NewRecord(
+        ext_id=str(item.record["_id"]),
+        attributes=attributes,
+        source_url=url if isinstance(url, str) else None,
+        width=item.image.width,
+        height=item.image.height,
+        checksum=item.checksum,
+        bmh1=item.image.hashes["bmh1"].data,
+        phash=item.image.hashes["phash"].data,
+    )
+
+
+@dataclass
+class Answer:
+    """visualKNN / visualRankRecords answer."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    distances: list[float] = field(default_factory=list)
+    hamming: list[int] = field(default_factory=list)
+
+
+class CollectionService:
+    def __init__(self, engine: Engine, loader: ImageLoader, registry: IndexRegistry) -> None:
+        self._engine = engine
+        self._loader = loader
+        self._registry = registry
+
+    async def insert(self, collection_id: str, raws: Sequence[object]) -> list[LoadedRecord]:
+        """Upsert every record that loads; a repeated ``_id`` in the request fails that record. One transaction."""
+        loaded = await self._loader.load_many(raws, HASH_TYPES, assign_id=True)
+        seen: set[str] = set()
+        for index, item in enumerate(loaded):
+            ext_id = str(item.record.get("_id"))
+            if item.failure is None and ext_id in seen:
+                loaded[index] = LoadedRecord(
+                    item.record, None, RecordFailure(400, f"_id {ext_id!r} repeated in request")
+                )
+            seen.add(ext_id)
+        batch = [new_record(item) for item in loaded if item.failure is None]
+
+        def write() -> None:
+            with self._engine.begin() as connection:
+                store.upsert_records(connection, collection_id, batch)
+
+        await run_in_threadpool(write)
+        return loaded
+
+    async def delete(self, collection_id: str, ext_ids: Sequence[str]) -> dict[str, int]:
+        def write() -> dict[str, int]:
+            with self._engine.begin() as connection:
+                return store.delete_records(connection, collection_id, ext_ids)
+
+        return await run_in_threadpool(write)
+
+    async def update(self, collection_id: str, patches: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        def write() -> dict[str, dict[str, Any]]:
+            with self._engine.begin() as connection:
+                return store.update_attributes(connection, collection_id, patches)
+
+        return await run_in_threadpool(write)
+
+    async def get(self, collection_id: str, ext_ids: Sequence[str]) -> dict[str, store.StoredRecord]:
+        def read() -> dict[str, store.StoredRecord]:
+            with self._engine.connect() as connection:
+                return store.get_records(connection, collection_id, ext_ids)
+
+        return await run_in_threadpool(read)
+
+    async def all_ids(self, collection_id: str, page: int, page_size: int) -> tuple[list[str], int]:
+        def read() -> tuple[list[str], int]:
+            with self._engine.connect() as connection:
+                return store.page_ext_ids(connection, collection_id, page, page_size)
+
+        return await run_in_threadpool(read)
+
+    async def stored_hash(self, collection_id: str, ext_id: str, kind: str) -> tuple[store.StoredRecord, VisualHash]:
+        found = (await self.get(collection_id, [ext_id])).get(ext_id)
+        if found is None:
+            raise QueryError(404, f"query_record: no record with _id {ext_id!r} in this collection")
+        return found, VisualHash(kind, found.bmh1 if kind == "bmh1" else found.phash)
+
+    async def knn(
+        self,
+        collection_id: str,
+        query: VisualHash,
+        k: int,
+        radius: float | None,
+        filter_: dict[str, Any] | None,
+        fields: Sequence[str] | None,
+        exclude: int | None = None,
+    ) -> Answer:
+        """The exact k nearest stored records (within ``radius`` if given) among those matching ``filter_``."""
+
+        def run() -> Answer:
+            allowed = self._matching(collection_id, filter_) if filter_ else None
+
+            def accept(key: int) -> bool:
+                return key != exclude and (allowed is None or key in allowed)
+
+            index = self._registry.get(collection_id).by_kind[query.kind]
+            max_bits = None if radius is None else _max_bits(radius, query.kind)
+            hits = index.nearest(query.as_int(), k, max_bits, accept if (allowed is not None or exclude) else None)
+            return self._answer(hits, query.kind, fields)
+
+        return await run_in_threadpool(run)
+
+    async def rank_records(
+        self, collection_id: str, query: VisualHash, ext_ids: Sequence[str], k: int | None, radius: float | None
+    ) -> tuple[Answer, list[str]]:
+        """Rank the given stored records against the query; also returns the ``_id`` values not found."""
+        stored = await self.get(collection_id, ext_ids)
+        scored = sorted(
+            (query.hamming(VisualHash(query.kind, s.bmh1 if query.kind == "bmh1" else s.phash)), s.row_id, s)
+            for s in stored.values()
+        )
+        if radius is not None:
+            scored = [entry for entry in scored if shown_distance(entry[0], query.kind) <= radius]
+        if k is not None:
+            scored = scored[:k]
+        answer = Answer(
+            [public_record(s) for _, _, s in scored],
+            [shown_distance(bits, query.kind) for bits, _, _ in scored],
+            [bits for bits, _, _ in scored],
+        )
+        return answer, [e for e in ext_ids if e not in stored]
+
+    def _answer(self, hits: Sequence[Any], kind: str, fields: Sequence[str] | None) -> Answer:
+        with self._engine.connect() as connection:
+            stored = store.get_by_row_ids(connection, [hit.key for hit in hits])
+        answer = Answer()
+        for hit in hits:
+            record = stored.get(hit.key)
+            if record is None:  # deleted between the index lookup and now
+                continue
+            answer.records.append(public_record(record, fields))
+            answer.distances.append(shown_distance(hit.bits, kind))
+            answer.hamming.append(hit.bits)
+        return answer
+
+    def _matching(self, collection_id: str, filter_: dict[str, Any]) -> set[int]:
+        """Row ids of the records whose attributes match ``filter_`` (equality, or ``{"$in": [...]}``)."""
+        with self._engine.connect() as connection:
+            conditions = [records_table.c.collection_id == collection_id]
+            for key, wanted in filter_.items():
+                values = wanted["$in"] if isinstance(wanted, dict) else [wanted]
+                conditions.append(json_equals_any(connection.dialect.name, key, values))
+            rows = connection.execute(select(records_table.c.id).where(and_(*conditions)))
+            return {int(row[0]) for row in rows}
+
+
+def validate_filter(filter_: object) -> dict[str, Any] | None:
+    if filter_ is None:
+        return None
+    if not isinstance(filter_, dict):
+        raise QueryError(400, 'filter must be an object of attribute: value or attribute: {"$in": [values]}')
+    for key, wanted in filter_.items():
+        if isinstance(wanted, dict):
+            if set(wanted) != {"$in"} or not isinstance(wanted["$in"], list):
+                raise QueryError(400, f'filter on {key!r}: only equality and {{"$in": [...]}} are supported')
+            values = wanted["$in"]
+        else:
+            values = [wanted]
+        if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+            raise QueryError(400, f"filter on {key!r}: values must be strings, numbers, booleans or null")
+    return filter_
+
+
+def json_equals_any(dialect: str, key: str, values: Sequence[Any]) -> ColumnElement[bool]:
+    """SQL for 'attribute ``key`` equals one of ``values``' with JSON's types kept apart ("5" is not 5, true is
+    not 1, null matches a missing key). CASE guards every cast, so a string never reaches a numeric cast."""
+    column = records_table.c.attributes
+    kind: ColumnElement[Any]
+    text_value: ColumnElement[Any]
+    names: dict[str, str | None]
+    if dialect == "postgresql":
+        element = column.op("->")(key)
+        kind = func.json_typeof(element)
+        text_value = column.op("->>")(key)
+        names = {"string": "string", "number": "number", "true": "boolean", "false": "boolean", "null": "null"}
+    else:
+        path = '$."' + key.replace('"', '\\"') + '"'
+        kind = func.json_type(column, path)
+        text_value = func.json_extract(column, path)
+        names = {"string": "text", "number": None, "true": "true", "false": "false", "null": "null"}
+    options: list[ColumnElement[bool]] = []
+    for value in values:
+        if value is None:
+            options.append(or_(kind.is_(None), kind == names["null"]))
+        elif isinstance(value, bool):
+            if dialect == "postgresql":
+                options.append(and_(kind == "boolean", text_value == ("true" if value else "false")))
+            else:
+                options.append(kind == names["true" if value else "false"])
+        elif isinstance(value, (int, float)):
+            is_number = kind == "number" if dialect == "postgresql" else kind.in_(("integer", "real"))
+            numeric = case((is_number, cast(text_value, Float)), else_=None)
+            options.append(numeric == float(value))
+        else:
+            options.append(and_(kind == names["string"], text_value == value))
+    return or_(*options) if options else false()
+
+
+def _max_bits(radius: float, kind: str) -> int:
+    """The largest bit count whose shown distance (one decimal) is within ``radius``."""
+    nbits = NBITS[kind]
+    bits = int(radius * nbits / 100) + 2
+    while bits >= 0 and shown_distance(bits, kind) > radius:
+        bits -= 1
+    return max(bits, -1)

@@ -1,0 +1,63 @@
+"""The change log: every write appends to it in the same transaction, with a monotonically increasing ``seq``.
+
+Server processes remember the highest ``seq`` they have applied and catch up from there, so a write acknowledged
+by any process is visible to every later query (read-after-write across workers and replicas).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.engine import Connection
+
+from matchdb.storage.schema import changes
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    collection_id: str
+    op: str  # upsert | delete | drop
+    record_id: int | None
+
+
+def _serialise_writers(connection: Connection) -> None:
+    """On Postgres, writers take turns until commit, so ``seq`` values become visible in increasing order and a
+    reader that has seen ``seq`` N can never later find an N - 1 (SQLite has a single writer anyway)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("LOCK TABLE changes IN SHARE ROW EXCLUSIVE MODE"))
+
+
+def append_change(connection: Connection, collection_id: str, op: str, record_id: int | None = None) -> None:
+    _serialise_writers(connection)
+    connection.execute(
+        insert(changes).values(collection_id=collection_id, op=op, record_id=record_id, created_at=datetime.now(UTC))
+    )
+
+
+def append_changes(connection: Connection, collection_id: str, op: str, record_ids: Sequence[int]) -> None:
+    if not record_ids:
+        return
+    _serialise_writers(connection)
+    now = datetime.now(UTC)
+    connection.execute(
+        insert(changes),
+        [{"collection_id": collection_id, "op": op, "record_id": rid, "created_at": now} for rid in record_ids],
+    )
+
+
+def latest_seq(connection: Connection) -> int:
+    return int(connection.execute(select(func.coalesce(func.max(changes.c.seq), 0))).scalar_one())
+
+
+def changes_since(connection: Connection, seq: int, limit: int = 10_000) -> list[Change]:
+    rows = connection.execute(
+        select(changes.c.seq, changes.c.collection_id, changes.c.op, changes.c.record_id)
+        .where(changes.c.seq > seq)
+        .order_by(changes.c.seq)
+        .limit(limit)
+    )
+    return [Change(*row) for row in rows]

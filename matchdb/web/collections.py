@@ -1,0 +1,306 @@
+"""Handlers of the collection methods (API.md section 6): Ximilar's ``insert``, ``delete``, ``update``, ``get``,
+``allIDs``, ``visualKNN``, ``visualRankRecords`` addressed by the ``collection-id`` header, and collection
+management under ``/v2/collections``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from matchdb.service.collections import CollectionService, QueryError, public_record, validate_filter
+from matchdb.service.indexes import IndexRegistry
+from matchdb.service.records import LoadedRecord, RecordFailure
+from matchdb.storage import collections as collection_store
+from matchdb.web.auth import Principal
+from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
+from matchdb.web.requests import count_field, hash_types, number_field, records_field
+from matchdb.web.stateless import api_method
+
+MAX_PAGE_SIZE = 1000
+
+
+def _service(request: Request) -> CollectionService:
+    service: CollectionService = request.app.state.collections
+    return service
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _require_write(principal: Principal) -> None:
+    if principal.read_only:
+        raise ApiError(403, "This token is read-only")
+
+
+async def _collection(request: Request, principal: Principal) -> collection_store.CollectionInfo:
+    """The collection named by the ``collection-id`` header, in the caller's workspace (else 404)."""
+    key = request.headers.get("collection-id", "").strip()
+    if not key:
+        raise ApiError(400, "Missing header 'collection-id'")
+
+    def find() -> collection_store.CollectionInfo | None:
+        with _engine(request).connect() as connection:
+            return collection_store.find_collection(connection, principal.workspace, key)
+
+    found = await run_in_threadpool(find)
+    if found is None or found.id != key:
+        raise ApiError(404, f"Unknown collection {key!r}")
+    return found
+
+
+def _ids(records: list[Any]) -> list[LoadedRecord]:
+    """Records that only name an ``_id`` (delete, get, update): malformed ones fail on their own."""
+    out = []
+    for raw in records:
+        record = dict(raw) if isinstance(raw, dict) else {}
+        identifier = record.get("_id")
+        if isinstance(identifier, (int, float)) and not isinstance(identifier, bool):
+            record["_id"] = identifier = str(identifier)
+        failure = None if isinstance(identifier, str) and identifier else RecordFailure(400, "record needs an _id")
+        out.append(LoadedRecord(record, None, failure))
+    return out
+
+
+def _outcome(context: RequestContext, items: list[LoadedRecord], body: dict[str, Any]) -> JSONResponse:
+    stamp_statuses(context, items)
+    code, text = batch_outcome(items)
+    return context.respond(body, code, text)
+
+
+def _max_records(request: Request) -> int:
+    return int(request.app.state.settings.max_records)
+
+
+@api_method
+async def insert(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
+    _require_write(principal)
+    collection = await _collection(request, principal)
+    records = records_field(body, _max_records(request))
+    loaded = await _service(request).insert(collection.id, records)
+    return _outcome(context, loaded, {"records": [item.record for item in loaded]})
+
+
+@api_method
+async def delete(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
+    _require_write(principal)
+    collection = await _collection(request, principal)
+    items = _ids(records_field(body, _max_records(request)))
+    wanted = [str(i.record["_id"]) for i in items if i.failure is None]
+    found = await _service(request).delete(collection.id, wanted)
+    items = [_found_or_404(item, item.record.get("_id") in found) for item in items]
+    return _outcome(context, items, {"records": [item.record for item in items]})
+
+
+@api_method
+async def update(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
+    _require_write(principal)
+    collection = await _collection(request, principal)
+    items = _ids(records_field(body, _max_records(request)))
+    patches: dict[str, dict[str, Any]] = {}
+    for index, item in enumerate(items):
+        if item.failure is not None:
+            continue
+        if "_url" in item.record or "_base64" in item.record:
+            reason = "update changes attributes only: to change the image, delete the record and insert it again"
+            items[index] = LoadedRecord(item.record, None, RecordFailure(400, reason))
+            continue
+        patch = {k: v for k, v in item.record.items() if not k.startswith("_")}
+        patches[str(item.record["_id"])] = patch
+    merged = await _service(request).update(collection.id, patches)
+    out = []
+    for item in items:
+        ext_id = item.record.get("_id")
+        if item.failure is None and ext_id in merged:
+            out.append(LoadedRecord({"_id": ext_id, **merged[str(ext_id)]}, None))
+        else:
+            out.append(_found_or_404(item, False) if item.failure is None else item)
+    return _outcome(context, out, {"records": [item.record for item in out]})
+
+
+@api_method
+async def get(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
+    collection = await _collection(request, principal)
+    items = _ids(records_field(body, _max_records(request)))
+    wanted = [str(i.record["_id"]) for i in items if i.failure is None]
+    stored = await _service(request).get(collection.id, wanted)
+    out = []
+    for item in items:
+        found = stored.get(str(item.record.get("_id"))) if item.failure is None else None
+        out.append(LoadedRecord(public_record(found), None) if found else _found_or_404(item, False))
+    return _outcome(context, out, {"records": [item.record for item in out]})
+
+
+def _found_or_404(item: LoadedRecord, found: bool) -> LoadedRecord:
+    if item.failure is not None or found:
+        return item
+    return LoadedRecord(item.record, None, RecordFailure(404, f"No record with _id {item.record.get('_id')!r}"))
+
+
+@api_method
+async def all_ids(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    collection = await _collection(request, principal)
+    page = count_field(body, "page") or 1
+    page_size = count_field(body, "page_size") or 100
+    if page_size > MAX_PAGE_SIZE:
+        raise ApiError(400, f"Field 'page_size' must be at most {MAX_PAGE_SIZE}")
+    ids, count = await _service(request).all_ids(collection.id, page, page_size)
+    next_page = page + 1 if page * page_size < count else None
+    return context.respond({"ids": ids, "next_page": next_page, "count": count})
+
+
+async def _query_hash(
+    request: Request, context: RequestContext, collection_id: str, body: dict[str, Any], kind: str
+) -> tuple[LoadedRecord, Any, int | None]:
+    """The query as (record to echo, hash, row id to exclude): an image, or a stored record named by ``_id``."""
+    raw = body.get("query_record")
+    if not isinstance(raw, dict):
+        raise ApiError(400, "Missing field 'query_record' (an object with _url, _base64 or a stored _id)")
+    service = _service(request)
+    if "_url" not in raw and "_base64" not in raw and "_id" in raw:
+        try:
+            stored, value = await service.stored_hash(collection_id, str(raw["_id"]), kind)
+        except QueryError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+        item = LoadedRecord(public_record(stored), None)
+        stamp_statuses(context, [item])
+        return item, value, stored.row_id
+    loader = request.app.state.loader
+    item = await loader.load(raw, (kind,), assign_id=False)
+    stamp_statuses(context, [item])
+    if item.image is None:
+        raise ApiError(400, f"Query record failed: {item.failure.text if item.failure else 'unknown error'}")
+    return item, item.image.hashes[kind], None
+
+
+def _fields(body: dict[str, Any]) -> list[str] | None:
+    fields = body.get("fields_to_return")
+    if fields is None:
+        return None
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise ApiError(400, "Field 'fields_to_return' must be a list of attribute names")
+    return fields
+
+
+@api_method
+async def visual_knn(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    collection = await _collection(request, principal)
+    (kind,) = hash_types(body, ("bmh1",), allow_list=False)
+    k = count_field(body, "k") or 10
+    radius = number_field(body, "radius", None)
+    try:
+        filter_ = validate_filter(body.get("filter"))
+    except QueryError as exc:
+        raise ApiError(exc.status, str(exc)) from exc
+    query, value, exclude = await _query_hash(request, context, collection.id, body, kind)
+    answer = await _service(request).knn(collection.id, value, k, radius, filter_, _fields(body), exclude)
+    return context.respond(
+        {
+            "answer_records": answer.records,
+            "answer_distances": answer.distances,
+            "answer_hamming": answer.hamming,
+            "answer_count": len(answer.records),
+            "query_records": [query.record],
+        }
+    )
+
+
+@api_method
+async def visual_rank_records(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    collection = await _collection(request, principal)
+    (kind,) = hash_types(body, ("bmh1",), allow_list=False)
+    items = _ids(records_field(body, _max_records(request)))
+    k = count_field(body, "k")
+    radius = number_field(body, "radius", None)
+    query, value, _ = await _query_hash(request, context, collection.id, body, kind)
+    wanted = [str(i.record["_id"]) for i in items if i.failure is None]
+    answer, missing = await _service(request).rank_records(collection.id, value, wanted, k, radius)
+    skipped = [_found_or_404(i, str(i.record.get("_id")) not in missing) for i in items]
+    skipped = [i for i in skipped if i.failure is not None]
+    stamp_statuses(context, skipped)
+    code, text = (200, "OK") if not skipped else (300, "MIXED_RESULT")
+    body_out = {
+        "answer_records": answer.records,
+        "answer_distances": answer.distances,
+        "answer_hamming": answer.hamming,
+        "answer_count": len(answer.records),
+        "query_records": [query.record],
+        "skipped_records": [i.record for i in skipped],
+    }
+    return context.respond(body_out, code, text)
+
+
+# Collection management -------------------------------------------------------------------------------------------
+
+
+def _describe(request: Request, info: collection_store.CollectionInfo) -> dict[str, Any]:
+    registry: IndexRegistry = request.app.state.registry
+    state = registry.states().get(info.id)
+    return {
+        "id": info.id,
+        "name": info.name,
+        "workspace": info.workspace,
+        "created_at": info.created_at.isoformat(),
+        "record_count": info.record_count,
+        "index": {"state": state.state if state else "not loaded", "size": state.size if state else 0},
+    }
+
+
+@api_method
+async def collections_endpoint(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    engine = _engine(request)
+    if request.method == "GET":
+
+        def listing() -> list[collection_store.CollectionInfo]:
+            with engine.connect() as connection:
+                return collection_store.list_collections(connection, principal.workspace)
+
+        infos = await run_in_threadpool(listing)
+        return context.respond({"collections": [_describe(request, info) for info in infos]})
+    _require_write(principal)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise ApiError(400, "Field 'name' must be a non-empty string of at most 200 characters")
+
+    def create() -> collection_store.CollectionInfo:
+        with engine.begin() as connection:
+            return collection_store.create_collection(connection, principal.workspace, name.strip())
+
+    try:
+        info = await run_in_threadpool(create)
+    except collection_store.CollectionExists as exc:
+        raise ApiError(409, str(exc)) from exc
+    return context.respond(_describe(request, info))
+
+
+@api_method
+async def collection_delete(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> JSONResponse:
+    _require_write(principal)
+    key = request.path_params["collection_id"]
+    engine = _engine(request)
+
+    def drop() -> bool:
+        with engine.begin() as connection:
+            found = collection_store.find_collection(connection, principal.workspace, key)
+            return found is not None and found.id == key and collection_store.delete_collection(connection, key)
+
+    if not await run_in_threadpool(drop):
+        raise ApiError(404, f"Unknown collection {key!r}")
+    registry: IndexRegistry = request.app.state.registry
+    registry.forget(key)
+    return context.respond({"id": key, "deleted": True})
