@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +62,51 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for nodeid in _skipped[:20]:
             print(f"  {nodeid}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    url = os.environ.get("MATCHDB_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("MATCHDB_TEST_DATABASE_URL is not set (point it at a Postgres server to run this test)")
+    return url
+
+
+def fresh_postgres_database(server_url: str) -> tuple[str, Callable[[], None]]:
+    """Create an empty database on the server of ``server_url``; returns its URL and a function that drops it."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(server_url).set(drivername="postgresql+psycopg")
+    name = f"matchdb_t_{secrets.token_hex(6)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return base.set(database=name).render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database brought to the current schema by the real Alembic migrations, on SQLite and Postgres."""
+    from matchdb.storage.database import make_engine, upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'matchdb.sqlite3'}"
+        drop: Callable[[], None] = lambda: None  # noqa: E731
+    else:
+        url, drop = fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        drop()
