@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
 from typing import Any
 
 from sqlalchemy import Select, delete, func, insert, or_, select

@@ -18,6 +18,12 @@ from matchdb.storage.schema import tokens, workspaces
 
 DEFAULT_WORKSPACE = "default"
 TOKEN_PREFIX = "mdb_"
+MIN_TOKEN_LENGTH = 16
+
+
+def shown_prefix(token: str) -> str:
+    """The part of a token kept to recognise it in listings: at most a quarter of it (and 12 characters)."""
+    return token[: min(12, len(token) // 4)]
 
 
 @dataclass(frozen=True)
@@ -54,18 +60,20 @@ def create_token(
     token: str | None = None,
 ) -> tuple[str, TokenInfo]:
     """Store a new token (random unless given) and return it in clear, the only time it is available."""
-    token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = token or TOKEN_PREFIX + secrets.token_urlsafe(36)
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"a token needs at least {MIN_TOKEN_LENGTH} characters")
     now = datetime.now(UTC)
     values = {
         "workspace_id": workspace_id(connection, workspace),
         "token_hash": hash_token(token),
-        "prefix": token[:12],
+        "prefix": shown_prefix(token),
         "read_only": read_only,
         "note": note,
         "created_at": now,
     }
     new_id = connection.execute(insert(tokens).values(**values)).inserted_primary_key[0]  # type: ignore[index]
-    return token, TokenInfo(int(new_id), workspace, token[:12], read_only, note, now, None)
+    return token, TokenInfo(int(new_id), workspace, shown_prefix(token), read_only, note, now, None)
 
 
 def _select_info() -> Select[Any]:
@@ -98,9 +106,12 @@ def list_tokens(connection: Connection) -> list[TokenInfo]:
 
 
 def revoke_token(connection: Connection, key: str) -> int:
-    """Revoke the live tokens whose id or prefix is ``key`` (a prefix must name exactly one); returns how many."""
+    """Revoke the live token whose id, prefix (naming exactly one) or whole value is ``key``; returns how many."""
     live = tokens.c.revoked_at.is_(None)
-    if key.isdigit():
+    whole = connection.execute(select(tokens.c.id).where(tokens.c.token_hash == hash_token(key), live)).first()
+    if whole is not None:
+        condition = tokens.c.id == whole[0]
+    elif key.isdigit():
         condition = (tokens.c.id == int(key)) & live
     else:
         matches = connection.execute(select(tokens.c.id).where(tokens.c.prefix.startswith(key), live)).all()

@@ -32,15 +32,20 @@ from matchdb.web.envelope import ApiError, RequestContext, error_response
 log = logging.getLogger("matchdb")
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The ASGI app for ``settings``. The schema must already be up to date (``matchdb serve`` sees to it)."""
+def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlette:
+    """The ASGI app for ``settings``. The schema must already be up to date (``matchdb serve`` sees to it).
+
+    ``fetcher`` replaces the ``_url`` downloader built from the settings (tests inject one with their own resolver
+    and network backend); the caller then owns it and closes it.
+    """
     proc_id = str(uuid.uuid4())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
         executor = ThreadPoolExecutor(max_workers=settings.hash_workers, thread_name_prefix="matchdb-hash")
-        fetcher = Fetcher(
+        own_fetcher = fetcher is None
+        downloader = fetcher or Fetcher(
             connect_timeout=settings.fetch_connect_timeout,
             read_timeout=settings.fetch_read_timeout,
             max_bytes=settings.max_download_bytes,
@@ -52,7 +57,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.proc_id = proc_id
         app.state.authenticator = Authenticator(engine)
         app.state.loader = ImageLoader(
-            fetcher, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency
+            downloader, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency
         )
         app.state.engine = engine
         app.state.registry = IndexRegistry(engine)
@@ -60,7 +65,8 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            await fetcher.aclose()
+            if own_fetcher:
+                await downloader.aclose()
             executor.shutdown(wait=False, cancel_futures=True)
             engine.dispose()
 

@@ -7,6 +7,7 @@ Handlers raise :class:`ApiError`; the app's exception handler renders it with :f
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -17,6 +18,17 @@ from starlette.responses import JSONResponse
 
 from matchdb.errors import MatchdbError
 from matchdb.service.records import LoadedRecord
+
+
+class ApiResponse(JSONResponse):
+    """JSON that never fails to render: a lone surrogate echoed from a request is written escaped (``\\ud800``),
+    as the caller sent it, instead of breaking UTF-8 encoding."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class ApiError(MatchdbError):
@@ -46,7 +58,7 @@ class RequestContext:
         """Add ``status`` and ``statistics`` to ``body``; HTTP 200 for 200 and 300 (MIXED_RESULT), else ``code``."""
         body["status"] = self.status(code, text)
         body["statistics"] = {"processing time": time.perf_counter() - self.started}
-        return JSONResponse(body, status_code=200 if code in (200, 300) else code)
+        return ApiResponse(body, status_code=200 if code in (200, 300) else code)
 
 
 def stamp_statuses(context: RequestContext, loaded: Sequence[LoadedRecord]) -> None:

@@ -28,12 +28,18 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        parsed = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ApiError(400, "Invalid JSON in request body: nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, NaN/Infinity, integers past Python's digit limit
         raise ApiError(400, f"Invalid JSON in request body: {exc}") from exc
     if not isinstance(parsed, dict):
         raise ApiError(400, "Request body must be a JSON object")
     return parsed
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def records_field(body: dict[str, Any], max_records: int, name: str = "records") -> list[Any]:
@@ -65,10 +71,14 @@ def number_field(body: dict[str, Any], name: str, default: float | None, maximum
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(400, f"Field '{name}' must be a number, got {json.dumps(value)}")
-    if not 0 <= value <= maximum:
-        raise ApiError(400, f"Field '{name}' must be between 0 and {maximum:g}, got {value}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        raise ApiError(400, f"Field '{name}' must be a number, got {json.dumps(value)[:40]}")
+    if not 0 <= value <= maximum:  # exact for ints of any size: no float conversion before the check
+        raise ApiError(400, f"Field '{name}' must be between 0 and {maximum:g}, got {str(value)[:40]}")
     return float(value)
 
 
@@ -77,5 +87,5 @@ def count_field(body: dict[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ApiError(400, f"Field '{name}' must be a positive integer, got {json.dumps(value)}")
+        raise ApiError(400, f"Field '{name}' must be a positive integer, got {json.dumps(value)[:40]}")
     return value
