@@ -100,18 +100,26 @@ class ImageLoader:
         if identifier is not None and not isinstance(identifier, str):
             return LoadedRecord(record, None, RecordFailure(400, "_id must be a string or a number"))
         try:
-            data = await self._bytes_of(raw)
+            source = await self._source_of(raw)
             async with self._limit:
                 loop = asyncio.get_running_loop()
-                image = await loop.run_in_executor(self._executor, hash_image, data, tuple(kinds), self._max_pixels)
+                image, checksum = await loop.run_in_executor(self._executor, self._decode, source, tuple(kinds))
         except (ImageError, FetchError) as exc:
             return LoadedRecord(record, None, image_failure(str(exc)))
         record["_width"], record["_height"] = image.width, image.height
-        return LoadedRecord(record, image, checksum=hashlib.sha256(data).hexdigest())
+        return LoadedRecord(record, image, checksum=checksum)
 
-    async def _bytes_of(self, raw: dict[str, Any]) -> bytes:
+    def _decode(self, source: bytes | str, kinds: tuple[str, ...]) -> tuple[HashedImage, str]:
+        """Runs in the pool: base64 text is decoded here too, as it is CPU work that would stall the event loop."""
+        data = decode_base64(source, self._max_bytes) if isinstance(source, str) else source
+        return hash_image(data, kinds, self._max_pixels), hashlib.sha256(data).hexdigest()
+
+    async def _source_of(self, raw: dict[str, Any]) -> bytes | str:
+        """The image bytes (downloaded) or the base64 text to decode."""
         if "_base64" in raw and raw["_base64"] is not None:
-            return decode_base64(raw["_base64"], self._max_bytes)
+            if not isinstance(raw["_base64"], str):
+                raise ImageError("_base64 must be a string")
+            return raw["_base64"]
         if raw.get("_url"):
             url = raw["_url"]
             if not isinstance(url, str):
