@@ -92,6 +92,8 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
     import uvicorn
 
     settings = _settings()
+    if settings.bootstrap_token and len(settings.bootstrap_token) < token_store.MIN_TOKEN_LENGTH:
+        raise click.UsageError(f"MATCHDB_BOOTSTRAP_TOKEN must have at least {token_store.MIN_TOKEN_LENGTH} characters")
     engine = make_engine(settings.database_url)
     upgrade(engine)
     with engine.begin() as connection:
@@ -173,3 +175,6 @@ def token_revoke(key: str) -> None:
         reason = "no active token matches" if count == 0 else f"{-count} active tokens match; give more of the prefix"
         raise click.ClickException(f"{reason} {key!r}")
     click.echo(f"revoked {count} token")
+
+
+from matchdb import cli_collections  # noqa: E402,F401  (registers the commands)

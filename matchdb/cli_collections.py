@@ -1,0 +1,198 @@
+"""``matchdb collection``, ``matchdb ingest`` and ``matchdb query``: collections from the command line, written to
+and read from the database directly (no server needed). The logic lives in :mod:`matchdb.service.ingest`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from sqlalchemy import Engine
+
+from matchdb.cli import _settings, main
+from matchdb.config import Settings
+from matchdb.errors import ImageError
+from matchdb.hashing import HASH_TYPES, hash_image
+from matchdb.storage import collections as collection_store
+from matchdb.storage.database import make_engine, upgrade
+from matchdb.storage.tokens import DEFAULT_WORKSPACE
+
+# matchdb.service.ingest (httpx, starlette, tqdm) is imported inside the commands that use it, so every other
+# command starts as fast as before.
+_DEFAULT_REPORT = "matchdb-ingest-failures.jsonl"
+_WORKSPACE_HELP = "Workspace of the collection (default: search every workspace)."
+
+
+def _engine(settings: Settings) -> Engine:
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    return engine
+
+
+def _resolve(engine: Engine, workspace: str | None, key: str, create: bool = False) -> collection_store.CollectionInfo:
+    from matchdb.service import ingest as service
+
+    try:
+        info, created = service.resolve_collection(engine, workspace, key, create)
+    except service.CollectionNotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    if created:
+        click.echo(f"created collection {info.name!r} ({info.id}) in workspace {info.workspace!r}", err=True)
+    return info
+
+
+@main.group()
+def collection() -> None:
+    """Manage collections (persistent sets of hashed images)."""
+
+
+@collection.command("create")
+@click.argument("name")
+@click.option("--workspace", default=DEFAULT_WORKSPACE, show_default=True)
+def collection_create(name: str, workspace: str) -> None:
+    """Create collection NAME and print its id."""
+    with _engine(_settings()).begin() as connection:
+        try:
+            info = collection_store.create_collection(connection, workspace, name)
+        except (collection_store.CollectionExists, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(info.id)
+
+
+@collection.command("list")
+@click.option("--workspace", default=None, help="Only this workspace (default: every workspace).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def collection_list(workspace: str | None, as_json: bool) -> None:
+    """List collections: id, name, workspace and record count."""
+    with _engine(_settings()).connect() as connection:
+        infos = collection_store.list_collections(connection, workspace)
+    for info in infos:
+        if as_json:
+            row = {"id": info.id, "name": info.name, "workspace": info.workspace, "records": info.record_count}
+            click.echo(json.dumps({**row, "created_at": info.created_at.isoformat()}))
+        else:
+            click.echo(f"{info.id}  {info.name:<24} {info.workspace:<16} {info.record_count:>9} records")
+
+
+@collection.command("delete")
+@click.argument("key", metavar="NAME|ID")
+@click.option("--workspace", default=None, help=_WORKSPACE_HELP)
+@click.option("--yes", is_flag=True, help="Really delete the collection and all its records.")
+def collection_delete(key: str, workspace: str | None, yes: bool) -> None:
+    """Delete a collection and every record in it (there is no undo, hence --yes)."""
+    engine = _engine(_settings())
+    info = _resolve(engine, workspace, key)
+    if not yes:
+        raise click.ClickException(f"not deleting collection {info.name!r} ({info.record_count} records) without --yes")
+    with engine.begin() as connection:
+        collection_store.delete_collection(connection, info.id)
+    click.echo(f"deleted collection {info.name!r} ({info.id}, {info.record_count} records)")
+
+
+@main.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--collection", "key", required=True, metavar="NAME|ID", help="The collection to ingest into.")
+@click.option("--workspace", default=None, help=_WORKSPACE_HELP)
+@click.option("--create", is_flag=True, help="Create the collection if it does not exist.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Hashing processes [default: CPUs].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True, help="Records per write.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=_DEFAULT_REPORT,
+    show_default=True,
+    help="Where failures go, as JSON lines (only created if something failed).",
+)
+def ingest_command(
+    paths: tuple[Path, ...],
+    key: str,
+    workspace: str | None,
+    create: bool,
+    jobs: int | None,
+    batch_size: int,
+    report: Path,
+) -> None:
+    """Hash and store the images behind PATHS: folders (searched recursively), image files, or manifests (.csv with
+    a header row, .jsonl) whose rows have _url or _file (relative to the manifest), optionally _id, and attributes.
+
+    Resumable: records whose _id and image checksum are stored already are skipped, changed ones are rehashed.
+    The exit status is 1 if any item failed (see --report).
+    """
+    from tqdm import tqdm
+
+    from matchdb.service import ingest as service
+
+    settings = _settings()
+    items = service.discover(paths)
+    workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
+    with service.hash_pool(workers) as pool:  # first: its workers must fork before any thread starts
+        engine = _engine(settings)
+        info = _resolve(engine, workspace, key, create)
+        with (
+            tqdm(total=len(items), unit="img", file=sys.stderr, disable=None, dynamic_ncols=True) as bar,
+            service.FailureReport(report) as failures,
+        ):
+            summary = service.run_ingest(
+                engine,
+                info.id,
+                items,
+                pool=pool,
+                jobs=workers,
+                settings=settings,
+                batch_size=batch_size,
+                on_progress=lambda _status: bar.update(),
+                on_failure=failures,
+            )
+    click.echo(str(summary))
+    if summary.failed:
+        click.echo(f"matchdb ingest: {summary.failed} failures written to {report}", err=True)
+        sys.exit(1)
+
+
+@main.command("query")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--collection", "key", required=True, metavar="NAME|ID", help="The collection to search.")
+@click.option("--workspace", default=None, help=_WORKSPACE_HELP)
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Answers per image.")
+@click.option("--radius", type=click.FloatRange(min=0), default=None, help="Only answers within PERCENT distance.")
+@click.option("--hash-type", type=click.Choice(HASH_TYPES), default="bmh1", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='Print JSON lines {"file", "answers"} instead of a table.')
+def query_command(
+    images: tuple[Path, ...],
+    key: str,
+    workspace: str | None,
+    k: int,
+    radius: float | None,
+    hash_type: str,
+    as_json: bool,
+) -> None:
+    """Print the K stored records nearest to each image file. The exit status is 1 if any image failed."""
+    from matchdb.service import ingest as service
+    from matchdb.service.indexes import IndexRegistry
+
+    settings = _settings()
+    engine = _engine(settings)
+    info = _resolve(engine, workspace, key)
+    registry = IndexRegistry(engine)
+    failed = 0
+    for path in images:
+        try:
+            query = hash_image(path.read_bytes(), (hash_type,), settings.max_pixels).hashes[hash_type]
+        except (OSError, ImageError) as exc:
+            failed += 1
+            error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            click.echo(json.dumps({"file": str(path), "error": error}) if as_json else f"{path}: {error}")
+            continue
+        answers = service.nearest_records(engine, registry, info.id, query, k, radius)
+        if as_json:
+            click.echo(json.dumps({"file": str(path), "answers": answers}))
+            continue
+        click.echo(f"{path}:")
+        click.echo("  rank  distance  bits  _id" if answers else "  (no answers)")
+        for rank, answer in enumerate(answers, start=1):
+            click.echo(f"  {rank:>4}  {answer['distance']:>8.1f}  {answer['hamming']:>4}  {answer['_id']}")
+    if failed:
+        click.echo(f"matchdb query: {failed} of {len(images)} images failed", err=True)
+        sys.exit(1)
