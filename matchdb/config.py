@@ -36,6 +36,7 @@ class Settings:
     fetch_allow: tuple[str, ...] = ()
     fetch_concurrency: int = 16
     hash_threads: int = 0  # 0: one per CPU core
+    index_wait: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -60,6 +61,8 @@ class Settings:
                 raise ConfigError(f"MATCHDB_{name.upper()} must be positive")
         if self.fetch_connect_timeout <= 0 or self.fetch_read_timeout <= 0:
             raise ConfigError("fetch timeouts must be positive")
+        if self.index_wait < 0:
+            raise ConfigError("MATCHDB_INDEX_WAIT must not be negative")
         if self.fetch_max_redirects < 0 or self.hash_threads < 0 or self.fetch_concurrency <= 0:
             raise ConfigError("MATCHDB_FETCH_MAX_REDIRECTS and MATCHDB_HASH_THREADS must not be negative")
 

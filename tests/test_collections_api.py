@@ -245,3 +245,31 @@ def test_corpus_copies_are_found_at_rank_one(client: TestClient, corpus: list[Co
     shares = {name: count / len(photos) for name, count in found.items()}
     print("rank-1 share:", shares)
     assert all(share >= 0.97 for share in shares.values()), shares
+
+
+def test_loading_index_answers_503_then_ready(database_url: str) -> None:
+    import time
+
+    from tests.test_index_registry import fill
+
+    engine = make_engine(database_url)
+    collection_id, _ = fill(engine, 20_000, seed=5)
+    settings = Settings(database_url=database_url, index_wait=0)
+    with TestClient(create_app(settings)) as client:  # the lifespan starts loading every collection
+        api = Api(client)
+        api.collection = collection_id
+        first = api.call("visualKNN", {"query_record": {"_id": "r3"}, "k": 1}, status=503)
+        assert first["status"]["code"] == 503 and "still loading" in first["status"]["text"]
+        listing = client.get("/v2/collections").json()["collections"]
+        assert listing[0]["index"]["state"] == "loading"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            response = client.post(
+                "/v2/visualKNN", json={"query_record": {"_id": "r3"}, "k": 1}, headers={"collection-id": collection_id}
+            )
+            if response.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert response.status_code == 200
+        assert client.post("/v2/ping").json()["indexes"] == {"loading": 0, "ready": 1, "records": 20_000}
+        assert client.get("/v2/collections").json()["collections"][0]["index"] == {"state": "ready", "size": 20_000}

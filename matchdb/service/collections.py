@@ -69,10 +69,11 @@ class Answer:
 
 
 class CollectionService:
-    def __init__(self, engine: Engine, loader: ImageLoader, registry: IndexRegistry) -> None:
+    def __init__(self, engine: Engine, loader: ImageLoader, registry: IndexRegistry, index_wait: float = 30.0) -> None:
         self._engine = engine
         self._loader = loader
         self._registry = registry
+        self._index_wait = index_wait
 
     async def insert(self, collection_id: str, raws: Sequence[object]) -> list[LoadedRecord]:
         """Upsert every record that loads; a repeated ``_id`` in the request fails that record. One transaction."""
@@ -146,8 +147,8 @@ class CollectionService:
             def accept(key: int) -> bool:
                 return key != exclude and (allowed is None or key in allowed)
 
-            index = self._registry.get(collection_id).by_kind[query.kind]
-            max_bits = None if radius is None else _max_bits(radius, query.kind)
+            index = self._registry.get(collection_id, self._index_wait).by_kind[query.kind]
+            max_bits = None if radius is None else max_bits_within(radius, query.kind)
             hits = index.nearest(query.as_int(), k, max_bits, accept if (allowed is not None or exclude) else None)
             return self._answer(hits, query.kind, fields)
 
@@ -249,7 +250,7 @@ def json_equals_any(dialect: str, key: str, values: Sequence[Any]) -> ColumnElem
     return or_(*options) if options else false()
 
 
-def _max_bits(radius: float, kind: str) -> int:
+def max_bits_within(radius: float, kind: str) -> int:
     """The largest bit count whose shown distance (one decimal) is within ``radius``."""
     nbits = NBITS[kind]
     bits = int(radius * nbits / 100) + 2

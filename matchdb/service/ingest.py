@@ -38,7 +38,7 @@ from matchdb.config import Settings
 from matchdb.errors import MatchdbError
 from matchdb.fetch import Fetcher
 from matchdb.hashing import HASH_TYPES, VisualHash, hash_image
-from matchdb.service.collections import COMPUTED, public_record
+from matchdb.service.collections import COMPUTED, max_bits_within, public_record
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.stateless import shown_distance
 from matchdb.storage import collections as collection_store
@@ -514,9 +514,8 @@ def nearest_records(
     """The ``k`` stored records nearest to ``query`` (within ``radius`` percent if given), nearest first, each as
     ``{"_id", "distance", "hamming", ...attributes}``. Ties are ordered by insertion order, as in visualKNN."""
     index = registry.get(collection_id).by_kind[query.kind]
-    # One bit of slack, then the exact test on the rounded distance the user sees (a bound never drops a true hit).
-    max_bits = None if radius is None else int(radius * query.nbits / 100) + 1
-    hits = [h for h in index.nearest(query.as_int(), k, max_bits) if radius is None or _shown(h.bits, query) <= radius]
+    max_bits = None if radius is None else max_bits_within(radius, query.kind)
+    hits = index.nearest(query.as_int(), k, max_bits)
     with engine.connect() as connection:
         stored = get_by_row_ids(connection, [hit.key for hit in hits])
     answers: list[dict[str, Any]] = []

@@ -61,7 +61,8 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         )
         app.state.engine = engine
         app.state.registry = IndexRegistry(engine)
-        app.state.collections = CollectionService(engine, app.state.loader, app.state.registry)
+        app.state.registry.load_all_in_background()
+        app.state.collections = CollectionService(engine, app.state.loader, app.state.registry, settings.index_wait)
         try:
             yield
         finally:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from matchdb.service.collections import CollectionService, QueryError, public_record, validate_filter
-from matchdb.service.indexes import IndexRegistry
+from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure
 from matchdb.storage import collections as collection_store
 from matchdb.web.auth import Principal
@@ -202,7 +202,10 @@ async def visual_knn(
     except QueryError as exc:
         raise ApiError(exc.status, str(exc)) from exc
     query, value, exclude = await _query_hash(request, context, collection.id, body, kind)
-    answer = await _service(request).knn(collection.id, value, k, radius, filter_, _fields(body), exclude)
+    try:
+        answer = await _service(request).knn(collection.id, value, k, radius, filter_, _fields(body), exclude)
+    except IndexLoading as exc:
+        raise ApiError(503, str(exc)) from exc
     return context.respond(
         {
             "answer_records": answer.records,

@@ -55,7 +55,13 @@ def _max_records(request: Request) -> int:
 
 @api_method
 async def ping(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
-    return context.respond({"_service_info": dict(SERVICE_INFO), "version": __version__})
+    states = request.app.state.registry.states().values()
+    indexes = {
+        "loading": sum(state.state == "loading" for state in states),
+        "ready": sum(state.state == "ready" for state in states),
+        "records": sum(state.size for state in states),
+    }
+    return context.respond({"_service_info": dict(SERVICE_INFO), "version": __version__, "indexes": indexes})
 
 
 @api_method
