@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import BKTreeIndex, HammingIndex
-from matchdb.storage.changes import Change, changes_since, latest_seq
+from matchdb.storage.changes import ALL_COLLECTIONS, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
 from matchdb.storage.records import get_by_row_ids, stream_hashes
 
@@ -58,7 +58,10 @@ class IndexRegistry:
         self._factory = factory
         self._lock = threading.RLock()
         self._collections: dict[str, CollectionIndex] = {}
+        self._rebuilding: dict[str, CollectionIndex] = {}  # replacement indexes being built (they get changes too)
         self._seq = -1
+        self.generation = 0  # seq of the last rebuild request carried out (see ``matchdb rebuild-index``)
+        self.last_rebuild_seconds: float | None = None
 
     def states(self) -> dict[str, CollectionIndex]:
         with self._lock:
@@ -102,18 +105,29 @@ class IndexRegistry:
         return loaded
 
     def catch_up(self) -> int:
-        """Apply every change not seen yet; returns how many there were. One indexed query when idle."""
+        """Apply every change not seen yet; returns how many there were. One indexed query when idle.
+
+        A rebuild request starts a rebuild in the background; queries keep using the current indexes until the
+        new ones are swapped in."""
+        rebuilds: list[Change] = []
         with self._lock, self._engine.connect() as connection:
             if self._seq < 0:
                 self._seq = latest_seq(connection)
+                self.generation = self._seq
                 return 0
             applied = 0
             while True:
                 batch = changes_since(connection, self._seq)
                 if not batch:
-                    return applied
+                    break
                 ready = []
                 for change in batch:
+                    if change.op == "rebuild":
+                        rebuilds.append(change)
+                        continue
+                    shadow = self._rebuilding.get(change.collection_id)
+                    if shadow is not None:
+                        shadow.pending.append(change)
                     loaded = self._collections.get(change.collection_id)
                     if loaded is None:
                         continue
@@ -124,6 +138,34 @@ class IndexRegistry:
                 self._apply(connection, ready)
                 self._seq = batch[-1].seq
                 applied += len(batch)
+        if rebuilds:
+            threading.Thread(target=self.rebuild, args=(rebuilds,), name="matchdb-rebuild", daemon=True).start()
+        return applied
+
+    def rebuild(self, requests: list[Change]) -> None:
+        """Build fresh indexes of the requested collections from the database and swap them in atomically."""
+        started = time.perf_counter()
+        targets: set[str] = set()
+        with self._lock:
+            for request in requests:
+                if request.collection_id == ALL_COLLECTIONS:
+                    targets.update(self._collections)
+                elif request.collection_id in self._collections:
+                    targets.add(request.collection_id)
+            shadows = {}
+            for collection_id in sorted(targets):
+                shadow = CollectionIndex({kind: self._factory(NBITS[kind]) for kind in HASH_TYPES})
+                self._rebuilding[collection_id] = shadow
+                shadows[collection_id] = shadow
+        for collection_id, shadow in shadows.items():
+            self._load(collection_id, shadow, register=False)
+            with self._lock:
+                self._rebuilding.pop(collection_id, None)
+                if shadow.state == "ready" and collection_id in self._collections:
+                    self._collections[collection_id] = shadow
+        with self._lock:
+            self.generation = max(self.generation, max(request.seq for request in requests))
+            self.last_rebuild_seconds = time.perf_counter() - started
 
     def _apply(self, connection: Connection, batch: list[Change]) -> None:
         upserted = [c.record_id for c in batch if c.op == "upsert" and c.record_id is not None]
@@ -144,7 +186,7 @@ class IndexRegistry:
                 loaded.by_kind["bmh1"].add(record.row_id, int.from_bytes(record.bmh1, "little"))
                 loaded.by_kind["phash"].add(record.row_id, int.from_bytes(record.phash, "little"))
 
-    def _load(self, collection_id: str, loaded: CollectionIndex) -> None:
+    def _load(self, collection_id: str, loaded: CollectionIndex, register: bool = True) -> None:
         """Stream the collection's hashes into the fresh indexes, then replay what changed meanwhile."""
         started = time.perf_counter()
         try:
@@ -161,10 +203,16 @@ class IndexRegistry:
             with self._lock:
                 loaded.error = str(exc)
                 loaded.state = "failed"
-                self._collections.pop(collection_id, None)
+                if register:
+                    self._collections.pop(collection_id, None)
         finally:
             loaded.load_seconds = time.perf_counter() - started
             loaded.ready.set()
+
+    @property
+    def records(self) -> int:
+        with self._lock:
+            return sum(state.size for state in self._collections.values())
 
     def forget(self, collection_id: str) -> None:
         with self._lock:

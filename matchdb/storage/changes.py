@@ -20,7 +20,7 @@ from matchdb.storage.schema import changes
 class Change:
     seq: int
     collection_id: str
-    op: str  # upsert | delete | drop
+    op: str  # upsert | update | delete | drop | rebuild (collection_id "*" for every collection)
     record_id: int | None
 
 
@@ -31,11 +31,16 @@ def _serialise_writers(connection: Connection) -> None:
         connection.execute(text("LOCK TABLE changes IN SHARE ROW EXCLUSIVE MODE"))
 
 
-def append_change(connection: Connection, collection_id: str, op: str, record_id: int | None = None) -> None:
+ALL_COLLECTIONS = "*"
+
+
+def append_change(connection: Connection, collection_id: str, op: str, record_id: int | None = None) -> int:
+    """Append one change; returns its ``seq``."""
     _serialise_writers(connection)
-    connection.execute(
+    result = connection.execute(
         insert(changes).values(collection_id=collection_id, op=op, record_id=record_id, created_at=datetime.now(UTC))
     )
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 def append_changes(connection: Connection, collection_id: str, op: str, record_ids: Sequence[int]) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -94,4 +95,18 @@ changes = Table(
     Column("record_id", BigInteger, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_changes_collection_id_seq", "collection_id", "seq"),
+)
+
+# One row per running server process (each keeps its own indexes): heartbeats and the index generation it serves.
+servers = Table(
+    "servers",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("generation", BigInteger, nullable=False),  # seq of the last rebuild request it has carried out
+    Column("rebuild_seconds", Float, nullable=True),
+    Column("records", BigInteger, nullable=False),
 )

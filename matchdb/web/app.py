@@ -22,6 +22,7 @@ from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.fetch import Fetcher
 from matchdb.service.collections import CollectionService
+from matchdb.service.heartbeat import Heartbeat
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import ImageLoader
 from matchdb.storage.database import make_engine
@@ -62,10 +63,13 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         app.state.engine = engine
         app.state.registry = IndexRegistry(engine)
         app.state.registry.load_all_in_background()
+        heartbeat = Heartbeat(engine, app.state.registry, proc_id)
+        heartbeat.start()
         app.state.collections = CollectionService(engine, app.state.loader, app.state.registry, settings.index_wait)
         try:
             yield
         finally:
+            heartbeat.stop()
             if own_fetcher:
                 await downloader.aclose()
             executor.shutdown(wait=False, cancel_futures=True)
