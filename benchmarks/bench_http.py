@@ -54,7 +54,7 @@ import PIL.Image
 from matchdb.config import Settings
 from matchdb.fetch import Fetcher
 from matchdb.service import stateless as service
-from matchdb.service.records import ImageLoader
+from matchdb.service.records import ImageLoader, fetcher_from_settings, loader_from_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -281,18 +281,8 @@ def summarise(label: str, mode: str, workers: int | None, concurrency: int, per_
 def make_loader(settings: Settings) -> tuple[ImageLoader, Fetcher, ThreadPoolExecutor]:
     """The loader exactly as the app's lifespan builds it (must run inside the event loop that uses it)."""
     executor = ThreadPoolExecutor(max_workers=settings.hash_workers, thread_name_prefix="matchdb-hash")
-    fetcher = Fetcher(
-        connect_timeout=settings.fetch_connect_timeout,
-        read_timeout=settings.fetch_read_timeout,
-        max_bytes=settings.max_download_bytes,
-        max_redirects=settings.fetch_max_redirects,
-        attempts=settings.fetch_attempts,
-        allow=settings.fetch_allow,
-    )
-    loader = ImageLoader(
-        fetcher, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency
-    )
-    return loader, fetcher, executor
+    fetcher = fetcher_from_settings(settings)
+    return loader_from_settings(settings, fetcher, executor), fetcher, executor
 
 
 async def run_in_process(work: Workload, args: argparse.Namespace) -> RunStats:

@@ -40,6 +40,7 @@ from matchdb.fetch import Fetcher
 from matchdb.hashing import HASH_TYPES, VisualHash, hash_image
 from matchdb.service.collections import COMPUTED, max_bits_within, public_record
 from matchdb.service.indexes import IndexRegistry
+from matchdb.service.records import fetcher_from_settings
 from matchdb.service.stateless import shown_distance
 from matchdb.storage import collections as collection_store
 from matchdb.storage.records import NewRecord, StoredRecord, get_by_row_ids, get_records, upsert_records
@@ -263,18 +264,6 @@ class _Outcome:
     status: Status
     record: NewRecord | None = None
     failure: Failure | None = None
-
-
-def fetcher_from_settings(settings: Settings) -> Fetcher:
-    """The same guarded downloader the server uses, with the same limits (and the same SSRF allow list)."""
-    return Fetcher(
-        connect_timeout=settings.fetch_connect_timeout,
-        read_timeout=settings.fetch_read_timeout,
-        max_bytes=settings.max_download_bytes,
-        max_redirects=settings.fetch_max_redirects,
-        attempts=settings.fetch_attempts,
-        allow=settings.fetch_allow,
-    )
 
 
 class _Ingest:

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from matchdb.config import Settings
 from matchdb.errors import ImageError
 from matchdb.fetch import Fetcher, FetchError
 from matchdb.hashing import HashedImage, hash_image
@@ -129,3 +130,19 @@ class ImageLoader:
         if "_file" in raw:
             raise ImageError("_file is read by Ximilar's client, not by the server: send the image bytes as _base64")
         raise ImageError("the record has no _url or _base64")
+
+
+def fetcher_from_settings(settings: Settings) -> Fetcher:
+    """The guarded ``_url`` downloader with the operator's limits and SSRF allow list (server and CLI alike)."""
+    return Fetcher(
+        connect_timeout=settings.fetch_connect_timeout,
+        read_timeout=settings.fetch_read_timeout,
+        max_bytes=settings.max_download_bytes,
+        max_redirects=settings.fetch_max_redirects,
+        attempts=settings.fetch_attempts,
+        allow=settings.fetch_allow,
+    )
+
+
+def loader_from_settings(settings: Settings, fetcher: Fetcher, executor: Executor) -> ImageLoader:
+    return ImageLoader(fetcher, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency)

@@ -103,48 +103,41 @@ def upsert_records(connection: Connection, collection_id: str, batch: Sequence[N
     return row_ids
 
 
-def ids_by_ext_id(connection: Connection, collection_id: str, ext_ids: Sequence[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for start in range(0, len(ext_ids), 500):
-        chunk = list(ext_ids[start : start + 500])
-        rows = connection.execute(
-            select(records.c.ext_id, records.c.id).where(
-                records.c.collection_id == collection_id, records.c.ext_id.in_(chunk)
-            )
+_CHUNK = 500  # values per IN (...) list: well inside SQLite's and Postgres's parameter limits
+
+
+def _by_ext_id(
+    connection: Connection, collection_id: str, ext_ids: Sequence[str], *columns: Any
+) -> Iterator[Sequence[Any]]:
+    """Rows of ``columns`` for the records with these ``_id`` values, queried in chunks."""
+    for start in range(0, len(ext_ids), _CHUNK):
+        chunk = list(ext_ids[start : start + _CHUNK])
+        yield from connection.execute(
+            select(*columns).where(records.c.collection_id == collection_id, records.c.ext_id.in_(chunk))
         )
-        out.update({ext: int(rid) for ext, rid in rows})
-    return out
+
+
+def ids_by_ext_id(connection: Connection, collection_id: str, ext_ids: Sequence[str]) -> dict[str, int]:
+    rows = _by_ext_id(connection, collection_id, ext_ids, records.c.ext_id, records.c.id)
+    return {ext: int(rid) for ext, rid in rows}
 
 
 def checksums_by_ext_id(connection: Connection, collection_id: str, ext_ids: Sequence[str]) -> dict[str, str]:
     """Stored checksums, so a rerun of an ingest can skip records whose image did not change."""
-    out: dict[str, str] = {}
-    for start in range(0, len(ext_ids), 500):
-        chunk = list(ext_ids[start : start + 500])
-        rows = connection.execute(
-            select(records.c.ext_id, records.c.checksum).where(
-                records.c.collection_id == collection_id, records.c.ext_id.in_(chunk)
-            )
-        )
-        out.update(dict(rows.tuples()))
-    return out
+    return {
+        ext: checksum
+        for ext, checksum in _by_ext_id(connection, collection_id, ext_ids, records.c.ext_id, records.c.checksum)
+    }
 
 
 def get_records(connection: Connection, collection_id: str, ext_ids: Sequence[str]) -> dict[str, StoredRecord]:
-    out: dict[str, StoredRecord] = {}
-    for start in range(0, len(ext_ids), 500):
-        chunk = list(ext_ids[start : start + 500])
-        rows = connection.execute(
-            select(*_COLUMNS).where(records.c.collection_id == collection_id, records.c.ext_id.in_(chunk))
-        )
-        out.update({row[1]: _stored(row) for row in rows})
-    return out
+    return {row[1]: _stored(row) for row in _by_ext_id(connection, collection_id, ext_ids, *_COLUMNS)}
 
 
 def get_by_row_ids(connection: Connection, row_ids: Sequence[int]) -> dict[int, StoredRecord]:
     out: dict[int, StoredRecord] = {}
-    for start in range(0, len(row_ids), 500):
-        rows = connection.execute(select(*_COLUMNS).where(records.c.id.in_(list(row_ids[start : start + 500]))))
+    for start in range(0, len(row_ids), _CHUNK):
+        rows = connection.execute(select(*_COLUMNS).where(records.c.id.in_(list(row_ids[start : start + _CHUNK]))))
         out.update({int(row[0]): _stored(row) for row in rows})
     return out
 
@@ -154,8 +147,8 @@ def delete_records(connection: Connection, collection_id: str, ext_ids: Sequence
     found = ids_by_ext_id(connection, collection_id, ext_ids)
     if found:
         ids = list(found.values())
-        for start in range(0, len(ids), 500):
-            connection.execute(delete(records).where(records.c.id.in_(ids[start : start + 500])))
+        for start in range(0, len(ids), _CHUNK):
+            connection.execute(delete(records).where(records.c.id.in_(ids[start : start + _CHUNK])))
         append_changes(connection, collection_id, "delete", ids)
     return found
 

@@ -24,7 +24,7 @@ from matchdb.fetch import Fetcher
 from matchdb.service.collections import CollectionService
 from matchdb.service.heartbeat import Heartbeat
 from matchdb.service.indexes import IndexRegistry
-from matchdb.service.records import ImageLoader
+from matchdb.service.records import fetcher_from_settings, loader_from_settings
 from matchdb.storage.database import make_engine
 from matchdb.web import collections, stateless
 from matchdb.web.auth import Authenticator
@@ -46,20 +46,11 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         engine = make_engine(settings.database_url)
         executor = ThreadPoolExecutor(max_workers=settings.hash_workers, thread_name_prefix="matchdb-hash")
         own_fetcher = fetcher is None
-        downloader = fetcher or Fetcher(
-            connect_timeout=settings.fetch_connect_timeout,
-            read_timeout=settings.fetch_read_timeout,
-            max_bytes=settings.max_download_bytes,
-            max_redirects=settings.fetch_max_redirects,
-            attempts=settings.fetch_attempts,
-            allow=settings.fetch_allow,
-        )
+        downloader = fetcher or fetcher_from_settings(settings)
         app.state.settings = settings
         app.state.proc_id = proc_id
         app.state.authenticator = Authenticator(engine)
-        app.state.loader = ImageLoader(
-            downloader, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency
-        )
+        app.state.loader = loader_from_settings(settings, downloader, executor)
         app.state.engine = engine
         app.state.registry = IndexRegistry(engine)
         app.state.registry.load_all_in_background()
