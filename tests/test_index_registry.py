@@ -61,3 +61,33 @@ def test_load_all_at_start(database_url: str) -> None:
     states = registry.states()
     assert {states[first].size, states[second].size} == {30, 40}
     assert all(state.state == "ready" for state in states.values())
+
+
+def test_writes_during_a_rebuild_reach_the_new_indexes(database_url: str) -> None:
+    import time
+
+    from matchdb.storage.changes import append_change
+
+    engine = make_engine(database_url)
+    collection_id, _ = fill(engine, 20_000, seed=4)
+    registry = IndexRegistry(engine)
+    old = registry.get(collection_id, wait=60)
+    with engine.begin() as connection:
+        seq = append_change(connection, collection_id, "rebuild")
+    registry.catch_up()  # starts the rebuild in the background
+    with engine.begin() as connection:  # lands while the new indexes load (or just after: both must work)
+        delete_records(connection, collection_id, ["r5"])
+        upsert_records(connection, collection_id, [NewRecord("late", {}, None, 1, 1, "x", bytes(121), bytes(8))])
+    registry.catch_up()
+    deadline = time.monotonic() + 60
+    while registry.generation < seq and time.monotonic() < deadline:
+        time.sleep(0.05)
+        registry.catch_up()
+    new = registry.get(collection_id)
+    assert new is not old and registry.generation >= seq
+    assert new.size == 20_000  # one deleted, one added
+    assert new.by_kind["bmh1"].nearest(0, 1)[0].bits == 0  # "late" (all-zero hash) is in
+    with engine.connect() as connection:
+        from matchdb.storage.records import ids_by_ext_id
+
+        assert ids_by_ext_id(connection, collection_id, ["r5"]) == {}

@@ -125,6 +125,10 @@ class IndexRegistry:
                     if change.op == "rebuild":
                         rebuilds.append(change)
                         continue
+                    if change.op == "drop":  # whatever state its indexes are in, they are gone
+                        self._collections.pop(change.collection_id, None)
+                        self._rebuilding.pop(change.collection_id, None)
+                        continue
                     shadow = self._rebuilding.get(change.collection_id)
                     if shadow is not None:
                         shadow.pending.append(change)
@@ -158,25 +162,20 @@ class IndexRegistry:
                 self._rebuilding[collection_id] = shadow
                 shadows[collection_id] = shadow
         for collection_id, shadow in shadows.items():
-            self._load(collection_id, shadow, register=False)
-            with self._lock:
-                self._rebuilding.pop(collection_id, None)
-                if shadow.state == "ready" and collection_id in self._collections:
-                    self._collections[collection_id] = shadow
+            self._load(collection_id, shadow, replaces=True)
         with self._lock:
             self.generation = max(self.generation, max(request.seq for request in requests))
             self.last_rebuild_seconds = time.perf_counter() - started
 
-    def _apply(self, connection: Connection, batch: list[Change]) -> None:
+    def _apply(self, connection: Connection, batch: list[Change], target: CollectionIndex | None = None) -> None:
+        """Apply changes to the registered indexes (or, for a load's replay, to ``target`` only)."""
         upserted = [c.record_id for c in batch if c.op == "upsert" and c.record_id is not None]
         stored = get_by_row_ids(connection, upserted) if upserted else {}
         for change in batch:
-            loaded = self._collections.get(change.collection_id)
+            loaded = target if target is not None else self._collections.get(change.collection_id)
             if loaded is None:
                 continue
-            if change.op == "drop":
-                del self._collections[change.collection_id]
-            elif change.op == "delete" and change.record_id is not None:
+            if change.op == "delete" and change.record_id is not None:
                 for index in loaded.by_kind.values():
                     index.remove(change.record_id)
             elif change.op == "upsert" and change.record_id is not None:
@@ -186,8 +185,11 @@ class IndexRegistry:
                 loaded.by_kind["bmh1"].add(record.row_id, int.from_bytes(record.bmh1, "little"))
                 loaded.by_kind["phash"].add(record.row_id, int.from_bytes(record.phash, "little"))
 
-    def _load(self, collection_id: str, loaded: CollectionIndex, register: bool = True) -> None:
-        """Stream the collection's hashes into the fresh indexes, then replay what changed meanwhile."""
+    def _load(self, collection_id: str, loaded: CollectionIndex, replaces: bool = False) -> None:
+        """Stream the collection's hashes into the fresh indexes, then replay what changed meanwhile.
+
+        With ``replaces`` the indexes are a rebuild's: the replay and the swap happen in one hold of the lock, so no
+        catch-up can slip a change in between."""
         started = time.perf_counter()
         try:
             with self._engine.connect() as connection:
@@ -195,15 +197,21 @@ class IndexRegistry:
                     loaded.by_kind["bmh1"].bulk_load((rid, int.from_bytes(b, "little")) for rid, b, _ in rows)
                     loaded.by_kind["phash"].bulk_load((rid, int.from_bytes(p, "little")) for rid, _, p in rows)
             with self._lock, self._engine.connect() as connection:
-                self._apply(connection, loaded.pending)
+                self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
                 loaded.state = "ready"
+                if replaces:
+                    self._rebuilding.pop(collection_id, None)
+                    if collection_id in self._collections:  # not dropped meanwhile
+                        self._collections[collection_id] = loaded
         except Exception as exc:  # a failed load must not leave queries waiting forever
             log.exception("loading the index of collection %s failed", collection_id)
             with self._lock:
                 loaded.error = str(exc)
                 loaded.state = "failed"
-                if register:
+                if replaces:
+                    self._rebuilding.pop(collection_id, None)  # the old indexes stay in service
+                else:
                     self._collections.pop(collection_id, None)
         finally:
             loaded.load_seconds = time.perf_counter() - started
