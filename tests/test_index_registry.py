@@ -39,7 +39,7 @@ def test_a_query_waits_for_loading_then_gets_the_index(database_url: str) -> Non
 
 def test_changes_from_another_writer_are_seen_at_the_next_query(database_url: str) -> None:
     engine = make_engine(database_url)
-    collection_id, hashes = fill(engine, 50, seed=1)
+    collection_id, _ = fill(engine, 50, seed=1)
     registry = IndexRegistry(engine)
     assert registry.get(collection_id).size == 50
     other = make_engine(database_url)  # another process's writes, through another engine
