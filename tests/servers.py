@@ -177,6 +177,24 @@ class ServerFailedToStart(AssertionError):
     pass
 
 
+@dataclass
+class RunningServer:
+    """A ``matchdb serve`` subprocess started by :func:`matchdb_server`: its URL, process and combined output."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group (no shutdown at all: a crash) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def run_matchdb_server(
     env: Mapping[str, str],
@@ -192,6 +210,21 @@ def run_matchdb_server(
     (``MATCHDB_DATABASE_URL``). Waits for ``GET /healthz``; on failure the server's stderr is in the error.
     At exit the server gets SIGTERM, then SIGKILL if it lingers.
     """
+    with matchdb_server(env, workers, host=host, extra_args=extra_args, timeout=timeout) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def matchdb_server(
+    env: Mapping[str, str],
+    workers: int = 1,
+    *,
+    host: str = LOOPBACK,
+    extra_args: Sequence[str] = (),
+    timeout: float = SERVER_START_TIMEOUT,
+) -> Iterator[RunningServer]:
+    """:func:`run_matchdb_server`, yielding the :class:`RunningServer` (for tests that kill or inspect it). The
+    server runs in its own process group (its pid is the group id), workers included."""
     with tempfile.TemporaryDirectory(prefix="matchdb-server-") as tmp:
         full_env = {"MATCHDB_DATABASE_URL": f"sqlite:///{Path(tmp) / 'db.sqlite3'}", **env}
         port = free_port()
@@ -219,6 +252,6 @@ def run_matchdb_server(
                         f"matchdb serve not healthy after {timeout} s:\n{log_path.read_text(errors='replace')}"
                     )
                 time.sleep(0.05)
-            yield url
+            yield RunningServer(url, process, log_path)
         finally:
             _stop(process)
