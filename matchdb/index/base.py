@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 
 class Hit(NamedTuple):
     """One answer: differing bits, then the key (the record's row id, which is also its insertion order)."""
@@ -37,6 +40,9 @@ class HammingIndex(Protocol):
 
     def bulk_load(self, items: Iterable[tuple[int, int]]) -> None:
         """Add many (key, value) pairs at once."""
+
+    def bulk_load_packed(self, keys: npt.ArrayLike, packed: npt.NDArray[np.uint8]) -> None:
+        """Add many hashes given as an ``(n, nbytes)`` array of packed LSB-first bytes (how they are stored)."""
 
     def __len__(self) -> int:
         """Number of live keys."""

@@ -11,6 +11,8 @@ import bisect
 import threading
 from collections.abc import Callable, Iterable
 
+import numpy as np
+import numpy.typing as npt
 import pybktree
 
 from matchdb.index.base import Hit
@@ -54,6 +56,10 @@ class BKTreeIndex:
     def bulk_load(self, items: Iterable[tuple[int, int]]) -> None:
         for key, value in items:
             self.add(key, value)
+
+    def bulk_load_packed(self, keys: npt.ArrayLike, packed: npt.NDArray[np.uint8]) -> None:
+        for key, row in zip(np.asarray(keys).tolist(), packed, strict=True):
+            self.add(int(key), int.from_bytes(row.tobytes(), "little"))
 
     def remove(self, key: int) -> None:
         with self._lock:

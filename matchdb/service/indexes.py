@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
@@ -194,8 +195,10 @@ class IndexRegistry:
         try:
             with self._engine.connect() as connection:
                 for rows in stream_hashes(connection, collection_id):
-                    loaded.by_kind["bmh1"].bulk_load((rid, int.from_bytes(b, "little")) for rid, b, _ in rows)
-                    loaded.by_kind["phash"].bulk_load((rid, int.from_bytes(p, "little")) for rid, _, p in rows)
+                    keys = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+                    for position, kind in ((1, "bmh1"), (2, "phash")):
+                        packed = np.frombuffer(b"".join(row[position] for row in rows), dtype=np.uint8)
+                        loaded.by_kind[kind].bulk_load_packed(keys, packed.reshape(len(rows), -1))
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
