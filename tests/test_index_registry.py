@@ -13,9 +13,14 @@ from matchdb.storage.database import make_engine
 from matchdb.storage.records import NewRecord, delete_records, upsert_records
 
 
+def random_bmh1(rng: random.Random) -> bytes:
+    """961 random bits, packed: the last byte holds only bit 960, as in a real bmh1 hash."""
+    return rng.randbytes(120) + bytes([rng.getrandbits(1)])
+
+
 def fill(engine: Engine, count: int, seed: int = 0) -> tuple[str, dict[str, tuple[bytes, bytes]]]:
     rng = random.Random(seed)
-    hashes = {f"r{i}": (rng.randbytes(121), rng.randbytes(8)) for i in range(count)}
+    hashes = {f"r{i}": (random_bmh1(rng), rng.randbytes(8)) for i in range(count)}
     with engine.begin() as connection:
         collection = create_collection(connection, "default", f"c{seed}")
         batch = [NewRecord(ext, {}, None, 1, 1, "x", b, p) for ext, (b, p) in hashes.items()]

@@ -39,6 +39,7 @@ from matchdb.storage.schema import records as records_table
 from tests.conftest import fresh_postgres_database
 from tests.imagegen import encode, photo_like
 from tests.servers import matchdb_server, run_matchdb
+from tests.test_index_registry import random_bmh1
 
 pytestmark = pytest.mark.postgres
 
@@ -134,7 +135,7 @@ def read_stored(engine: Engine, collection_id: str) -> Stored:
 def fill(engine: Engine, name: str, count: int, seed: int = 0) -> str:
     """A collection of ``count`` fake records (random hashes) written straight into the database."""
     rng = random.Random(seed)
-    batch = [NewRecord(f"r{i}", {"i": i}, None, 1, 1, "x", rng.randbytes(121), rng.randbytes(8)) for i in range(count)]
+    batch = [NewRecord(f"r{i}", {"i": i}, None, 1, 1, "x", random_bmh1(rng), rng.randbytes(8)) for i in range(count)]
     with engine.begin() as connection:
         collection = create_collection(connection, "default", name)
     for start in range(0, len(batch), 5000):

@@ -2,5 +2,6 @@
 
 from matchdb.index.base import HammingIndex, Hit
 from matchdb.index.bktree import BKTreeIndex
+from matchdb.index.numpy_tree import NumpyTreeIndex
 
-__all__ = ["BKTreeIndex", "HammingIndex", "Hit"]
+__all__ = ["BKTreeIndex", "HammingIndex", "Hit", "NumpyTreeIndex"]

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS
-from matchdb.index import BKTreeIndex, HammingIndex
+from matchdb.index import HammingIndex, NumpyTreeIndex
 from matchdb.storage.changes import ALL_COLLECTIONS, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
 from matchdb.storage.records import get_by_row_ids, stream_hashes
@@ -54,7 +54,7 @@ class CollectionIndex:
 class IndexRegistry:
     """Blocking (SQL and CPU): call from worker threads, never from the event loop."""
 
-    def __init__(self, engine: Engine, factory: IndexFactory = BKTreeIndex) -> None:
+    def __init__(self, engine: Engine, factory: IndexFactory = NumpyTreeIndex) -> None:
         self._engine = engine
         self._factory = factory
         self._lock = threading.RLock()
