@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pybktree
 from hypothesis import given, settings
@@ -12,9 +13,12 @@ from hypothesis import strategies as st
 from matchdb.index import BKTreeIndex, Hit
 
 
-def brute_force(items: dict[int, int], query: int, max_bits: int | None = None) -> list[Hit]:
+def brute_force(
+    items: dict[int, int], query: int, max_bits: int | None = None, accept: Callable[[int], bool] | None = None
+) -> list[Hit]:
+    """The exact answer: every item sorted by (bits, key), cut at ``max_bits``, filtered by ``accept``."""
     hits = sorted(Hit((value ^ query).bit_count(), key) for key, value in items.items())
-    return [h for h in hits if max_bits is None or h.bits <= max_bits]
+    return [h for h in hits if (max_bits is None or h.bits <= max_bits) and (accept is None or accept(h.key))]
 
 
 def clustered(rng: random.Random, nbits: int, count: int) -> list[int]:

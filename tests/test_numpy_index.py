@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from matchdb.index import HammingIndex, Hit, numpy_tree
 from matchdb.index.numpy_tree import NumpyTreeIndex
+from tests.test_index import brute_force, clustered
 
 NO_SMALL_SCAN = {"SMALL_BLOCKS": (0, 0), "SMALL_PIVOTS": (0, 0)}  # use the filters however few the records
 
@@ -56,25 +57,6 @@ def tuned(name: str) -> Iterator[None]:
     finally:
         for key, value in old.items():
             setattr(numpy_tree, key, value)
-
-
-def brute_force(
-    items: dict[int, int], query: int, max_bits: int | None = None, accept: Callable[[int], bool] | None = None
-) -> list[Hit]:
-    hits = sorted(Hit((value ^ query).bit_count(), key) for key, value in items.items())
-    return [h for h in hits if (max_bits is None or h.bits <= max_bits) and (accept is None or accept(h.key))]
-
-
-def clustered(rng: random.Random, nbits: int, count: int) -> list[int]:
-    """Near-duplicate groups (a few bits flipped from a centre, as copies of one image are) and exact duplicates."""
-    centres = [rng.getrandbits(nbits) for _ in range(max(1, count // 8))]
-    out = []
-    for _ in range(count):
-        value = rng.choice(centres)
-        for _ in range(rng.choice([0, 0, 1, 2, 3, 6, 12])):
-            value ^= 1 << rng.randrange(nbits)
-        out.append(value)
-    return out
 
 
 def check(index: NumpyTreeIndex, items: dict[int, int], rng: random.Random, queries: int = 4) -> None:
