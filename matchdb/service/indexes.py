@@ -199,6 +199,8 @@ class IndexRegistry:
                     for position, kind in ((1, "bmh1"), (2, "phash")):
                         packed = np.frombuffer(b"".join(row[position] for row in rows), dtype=np.uint8)
                         loaded.by_kind[kind].bulk_load_packed(keys, packed.reshape(len(rows), -1))
+            for index in loaded.by_kind.values():  # streamed batches land in the delta: build once, here, not
+                index.rebuild()  # in the first query after "ready"
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
