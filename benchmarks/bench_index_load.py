@@ -5,8 +5,9 @@ Postgres" figure), and what they weigh.
         .venv/bin/python benchmarks/bench_index_load.py --records 1000000
 
 It creates a scratch database on that server, bulk-loads random hashes (bmh1: 961 random bits; phash: 64) with
-COPY, then times ``IndexRegistry.get`` (stream the rows, build NumpyTreeIndex for both hash types) and drops the
-database. Random hashes are the hardest case for the pivot tree's build (no structure to exploit).
+COPY, then times reading the hashes (binary COPY, next to plain SQLAlchemy rows as the baseline) and
+``IndexRegistry.get`` (read, then build NumpyTreeIndex for both hash types), and drops the database. Random hashes
+are the hardest case for the pivot tree's build (no structure to exploit).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from matchdb.service.indexes import IndexRegistry
 from matchdb.storage.collections import create_collection
 from matchdb.storage.database import make_engine, upgrade
+from matchdb.storage.hash_load import _from_rows, load_hashes
 from tests.conftest import fresh_postgres_database
 
 
@@ -69,6 +71,11 @@ def main() -> None:
         collection_id, rate = bulk_load(url, args.records, args.seed)
         print(f"COPY of {args.records} records: {rate:,.0f} rows/s")
         engine = make_engine(url)
+        for name, read in (("binary COPY (matchdb)", load_hashes), ("SQLAlchemy rows (baseline)", _from_rows)):
+            started = time.perf_counter()
+            with engine.connect() as connection:
+                read(connection, collection_id)
+            print(f"read all hashes, {name}: {time.perf_counter() - started:.2f} s")
         tracemalloc.start()
         started = time.perf_counter()
         loaded = IndexRegistry(engine).get(collection_id, wait=3600)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
@@ -24,7 +23,8 @@ from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import HammingIndex, NumpyTreeIndex
 from matchdb.storage.changes import ALL_COLLECTIONS, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
-from matchdb.storage.records import get_by_row_ids, stream_hashes
+from matchdb.storage.hash_load import load_hashes
+from matchdb.storage.records import get_by_row_ids
 
 IndexFactory = Callable[[int], HammingIndex]
 log = logging.getLogger("matchdb.index")
@@ -194,13 +194,11 @@ class IndexRegistry:
         started = time.perf_counter()
         try:
             with self._engine.connect() as connection:
-                for rows in stream_hashes(connection, collection_id):
-                    keys = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-                    for position, kind in ((1, "bmh1"), (2, "phash")):
-                        packed = np.frombuffer(b"".join(row[position] for row in rows), dtype=np.uint8)
-                        loaded.by_kind[kind].bulk_load_packed(keys, packed.reshape(len(rows), -1))
-            for index in loaded.by_kind.values():  # streamed batches land in the delta: build once, here, not
-                index.rebuild()  # in the first query after "ready"
+                stored = load_hashes(connection, collection_id)
+            # Into an empty index a bulk load builds the tree at once, so the first query after "ready" does not.
+            loaded.by_kind["bmh1"].bulk_load_packed(stored.keys, stored.bmh1)
+            loaded.by_kind["phash"].bulk_load_packed(stored.keys, stored.phash)
+            del stored
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
