@@ -96,3 +96,25 @@ def test_writes_during_a_rebuild_reach_the_new_indexes(database_url: str) -> Non
         from matchdb.storage.records import ids_by_ext_id
 
         assert ids_by_ext_id(connection, collection_id, ["r5"]) == {}
+
+
+def test_catch_up_survives_losing_its_connection(database_url: str) -> None:
+    """Catch-up keeps one connection; if the database drops it (restart, idle timeout), the next query reconnects
+    and still sees every write."""
+    engine = make_engine(database_url)
+    collection_id, _ = fill(engine, 10, seed=7)
+    registry = IndexRegistry(engine)
+    assert registry.get(collection_id).size == 10
+    watch = registry._watch
+    assert watch is not None
+    if engine.dialect.name == "postgresql":
+        pid = watch.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+        with engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    else:
+        watch.connection.driver_connection.close()  # type: ignore[union-attr]
+    with engine.begin() as connection:
+        upsert_records(connection, collection_id, [NewRecord("late", {}, None, 1, 1, "x", bytes(121), bytes(8))])
+    assert registry.get(collection_id).size == 11
+    assert registry._watch is not None and registry._watch is not watch
+    registry.close()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.engine import Connection
 
 from matchdb.storage.schema import changes
@@ -58,11 +58,14 @@ def latest_seq(connection: Connection) -> int:
     return int(connection.execute(select(func.coalesce(func.max(changes.c.seq), 0))).scalar_one())
 
 
+# Built once: every collection query runs this, and building the statement cost more than the round trip.
+_SINCE = (
+    select(changes.c.seq, changes.c.collection_id, changes.c.op, changes.c.record_id)
+    .where(changes.c.seq > bindparam("after"))
+    .order_by(changes.c.seq)
+    .limit(bindparam("limit"))
+)
+
+
 def changes_since(connection: Connection, seq: int, limit: int = 10_000) -> list[Change]:
-    rows = connection.execute(
-        select(changes.c.seq, changes.c.collection_id, changes.c.op, changes.c.record_id)
-        .where(changes.c.seq > seq)
-        .order_by(changes.c.seq)
-        .limit(limit)
-    )
-    return [Change(*row) for row in rows]
+    return [Change(*row) for row in connection.execute(_SINCE, {"after": seq, "limit": limit})]

@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
             if own_fetcher:
                 await downloader.aclose()
             executor.shutdown(wait=False, cancel_futures=True)
+            app.state.registry.close()
             engine.dispose()
 
     async def http_error(request: Request, exc: Exception) -> Response:
