@@ -89,8 +89,6 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
     The database schema is brought up to date first, once, before any worker starts; MATCHDB_BOOTSTRAP_TOKEN is
     created if missing. Without any token the API is open, which is only allowed on a loopback address.
     """
-    import uvicorn
-
     settings = _settings()
     if settings.bootstrap_token and len(settings.bootstrap_token) < token_store.MIN_TOKEN_LENGTH:
         raise click.UsageError(f"MATCHDB_BOOTSTRAP_TOKEN must have at least {token_store.MIN_TOKEN_LENGTH} characters")
@@ -108,7 +106,9 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
         )
     if not tokens_exist:
         click.echo("matchdb: no API token exists, the API is open to anyone who can connect", err=True)
-    uvicorn.run("matchdb.web.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+    from matchdb.web import server
+
+    server.run(host, port, workers)
 
 
 @main.group()
