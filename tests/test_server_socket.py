@@ -35,4 +35,3 @@ def test_the_bound_listener_gives_accepted_connections_tcp_nodelay() -> None:
     listener = TcpConfig(APP, factory=True, host="127.0.0.1", port=0, workers=2).bind_socket()
     assert listener.proto == socket.IPPROTO_TCP
     assert asyncio.run(nodelay_of_accepted(listener)) != 0
-

@@ -7,6 +7,7 @@ for a delayed ACK (uvicorn issue 3149). :class:`TcpConfig` re-labels the listene
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 
@@ -35,9 +36,7 @@ def run(host: str, port: int, workers: int) -> None:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return
     server = uvicorn.Server(config)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:
-        pass
     if not server.started:  # e.g. the port is taken: fail as uvicorn.run does
         sys.exit(STARTUP_FAILURE)
