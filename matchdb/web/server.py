@@ -12,7 +12,7 @@ import socket
 import sys
 
 import uvicorn
-from uvicorn.server import STARTUP_FAILURE
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 APP = "matchdb.web.app:app_from_env"
