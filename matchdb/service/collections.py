@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Engine, Float, and_, case, cast, false, fu
 from starlette.concurrency import run_in_threadpool
 
 from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
+from matchdb.index import Hit
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import ImageLoader, LoadedRecord, RecordFailure
 from matchdb.service.stateless import shown_distance
@@ -132,14 +133,19 @@ class CollectionService:
     async def knn(
         self,
         collection_id: str,
-        query: VisualHash,
+        queries: Sequence[VisualHash],
         k: int,
         radius: float | None,
         filter_: dict[str, Any] | None,
         fields: Sequence[str] | None,
         exclude: int | None = None,
     ) -> Answer:
-        """The exact k nearest stored records (within ``radius`` if given) among those matching ``filter_``."""
+        """The exact k nearest stored records (within ``radius`` if given) among those matching ``filter_``.
+
+        ``queries`` is one hash, or the hashes of the query's orientations (``dihedral``): a record's distance is
+        then its smallest over them, and the answer stays exact (see :func:`merge_hits`).
+        """
+        kind = queries[0].kind
 
         def run() -> Answer:
             allowed = self._matching(collection_id, filter_) if filter_ else None
@@ -147,29 +153,39 @@ class CollectionService:
             def accept(key: int) -> bool:
                 return key != exclude and (allowed is None or key in allowed)
 
-            index = self._registry.get(collection_id, self._index_wait).by_kind[query.kind]
-            max_bits = None if radius is None else max_bits_within(radius, query.kind)
-            hits = index.nearest(query.as_int(), k, max_bits, accept if (allowed is not None or exclude) else None)
-            return self._answer(hits, query.kind, fields)
+            index = self._registry.get(collection_id, self._index_wait).by_kind[kind]
+            max_bits = None if radius is None else max_bits_within(radius, kind)
+            check = accept if (allowed is not None or exclude) else None
+            hits = merge_hits([index.nearest(query.as_int(), k, max_bits, check) for query in queries], k)
+            return self._answer(hits, kind, fields)
 
         return await run_in_threadpool(run)
 
     async def rank_records(
-        self, collection_id: str, query: VisualHash, ext_ids: Sequence[str], k: int | None, radius: float | None
+        self,
+        collection_id: str,
+        queries: Sequence[VisualHash],
+        ext_ids: Sequence[str],
+        k: int | None,
+        radius: float | None,
     ) -> tuple[Answer, list[str]]:
-        """Rank the given stored records against the query; also returns the ``_id`` values not found."""
+        """Rank the given stored records against the query (its smallest distance over ``queries``, the query's
+        orientations with ``dihedral``); also returns the ``_id`` values not found."""
+        kind = queries[0].kind
         stored = await self.get(collection_id, ext_ids)
-        scored = sorted(
-            (query.hamming(VisualHash(query.kind, s.bmh1 if query.kind == "bmh1" else s.phash)), s.row_id, s)
-            for s in stored.values()
-        )
+
+        def bits_to(record: store.StoredRecord) -> int:
+            value = VisualHash(kind, record.bmh1 if kind == "bmh1" else record.phash)
+            return min(query.hamming(value) for query in queries)
+
+        scored = sorted((bits_to(s), s.row_id, s) for s in stored.values())
         if radius is not None:
-            scored = [entry for entry in scored if shown_distance(entry[0], query.kind) <= radius]
+            scored = [entry for entry in scored if shown_distance(entry[0], kind) <= radius]
         if k is not None:
             scored = scored[:k]
         answer = Answer(
             [public_record(s) for _, _, s in scored],
-            [shown_distance(bits, query.kind) for bits, _, _ in scored],
+            [shown_distance(bits, kind) for bits, _, _ in scored],
             [bits for bits, _, _ in scored],
         )
         return answer, [e for e in ext_ids if e not in stored]
@@ -248,6 +264,24 @@ def json_equals_any(dialect: str, key: str, values: Sequence[Any]) -> ColumnElem
         else:
             options.append(and_(kind == names["string"], text_value == value))
     return or_(*options) if options else false()
+
+
+def merge_hits(answers: Sequence[Sequence[Hit]], k: int) -> list[Hit]:
+    """Several exact k-nearest answers (one per query orientation) as one: each key at its smallest distance, sorted
+    by (bits, key), the first ``k``.
+
+    Exact: if a record is among the k best by its smallest distance d, reached with query q, it is among q's own k
+    best, since any record ahead of it there is also ahead of it here (its smallest distance is at most its distance
+    to q); k records ahead of it for q would be k records ahead of it here.
+    """
+    if len(answers) == 1:
+        return list(answers[0][:k])
+    best: dict[int, int] = {}
+    for hits in answers:
+        for hit in hits:
+            if hit.bits < best.get(hit.key, hit.bits + 1):
+                best[hit.key] = hit.bits
+    return sorted((Hit(bits, key) for key, bits in best.items()))[:k]
 
 
 def max_bits_within(radius: float, kind: str) -> int:

@@ -21,7 +21,8 @@ from typing import Any
 from matchdb.config import Settings
 from matchdb.errors import ImageError
 from matchdb.fetch import Fetcher, FetchError
-from matchdb.hashing import HashedImage, hash_image
+from matchdb.hashing import HashedImage, VisualHash, decode_image, hash_image
+from matchdb.hashing.dihedral import hash_dihedral
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -43,6 +44,16 @@ class LoadedRecord:
     image: HashedImage | None
     failure: RecordFailure | None = None
     checksum: str = ""  # SHA-256 of the image bytes
+    variants: tuple[dict[str, VisualHash], ...] = ()  # the 8 orientations' hashes, when loaded with ``dihedral``
+
+    def query_hashes(self, kind: str) -> list[VisualHash]:
+        """The hashes to search with: the plain one first, then every distinct other orientation's (dihedral)."""
+        assert self.image is not None
+        plain = self.image.hashes[kind]
+        distinct = {plain.data: plain}
+        for hashes in self.variants:
+            distinct.setdefault(hashes[kind].data, hashes[kind])
+        return list(distinct.values())
 
 
 def echo_record(raw: object, assign_id: bool) -> dict[str, Any]:
@@ -93,7 +104,8 @@ class ImageLoader:
         """Load every record concurrently; the result keeps request order."""
         return list(await asyncio.gather(*(self.load(raw, kinds, assign_id) for raw in raws)))
 
-    async def load(self, raw: object, kinds: Sequence[str], assign_id: bool) -> LoadedRecord:
+    async def load(self, raw: object, kinds: Sequence[str], assign_id: bool, dihedral: bool = False) -> LoadedRecord:
+        """One record; with ``dihedral`` its 8 orientations are hashed too (a query image only: 8 times the work)."""
         record = echo_record(raw, assign_id)
         if not isinstance(raw, dict):
             return LoadedRecord(record, None, RecordFailure(400, "record must be a JSON object"))
@@ -104,16 +116,25 @@ class ImageLoader:
             source = await self._source_of(raw)
             async with self._limit:
                 loop = asyncio.get_running_loop()
-                image, checksum = await loop.run_in_executor(self._executor, self._decode, source, tuple(kinds))
+                image, checksum, variants = await loop.run_in_executor(
+                    self._executor, self._decode, source, tuple(kinds), dihedral
+                )
         except (ImageError, FetchError) as exc:
             return LoadedRecord(record, None, image_failure(str(exc)))
         record["_width"], record["_height"] = image.width, image.height
-        return LoadedRecord(record, image, checksum=checksum)
+        return LoadedRecord(record, image, checksum=checksum, variants=variants)
 
-    def _decode(self, source: bytes | str, kinds: tuple[str, ...]) -> tuple[HashedImage, str]:
+    def _decode(
+        self, source: bytes | str, kinds: tuple[str, ...], dihedral: bool
+    ) -> tuple[HashedImage, str, tuple[dict[str, VisualHash], ...]]:
         """Runs in the pool: base64 text is decoded here too, as it is CPU work that would stall the event loop."""
         data = decode_base64(source, self._max_bytes) if isinstance(source, str) else source
-        return hash_image(data, kinds, self._max_pixels), hashlib.sha256(data).hexdigest()
+        checksum = hashlib.sha256(data).hexdigest()
+        if not dihedral:
+            return hash_image(data, kinds, self._max_pixels), checksum, ()
+        pixels = decode_image(data, self._max_pixels)
+        variants = tuple(hash_dihedral(pixels, kinds))
+        return HashedImage(pixels.width, pixels.height, variants[0]), checksum, variants
 
     async def _source_of(self, raw: dict[str, Any]) -> bytes | str:
         """The image bytes (downloaded) or the base64 text to decode."""

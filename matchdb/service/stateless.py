@@ -65,20 +65,27 @@ class Ranking:
     answer_hamming: list[int]
 
 
-def rank(query: VisualHash, candidates: Sequence[LoadedRecord], k: int | None, radius: float | None) -> Ranking:
-    """Candidates best first (ties in request order), cut at ``radius`` (inclusive, as shown) and then ``k``."""
+def rank(
+    queries: Sequence[VisualHash], candidates: Sequence[LoadedRecord], k: int | None, radius: float | None
+) -> Ranking:
+    """Candidates best first (ties in request order), cut at ``radius`` (inclusive, as shown) and then ``k``.
+
+    ``queries`` is the query's hash, or its orientations' hashes (``dihedral``): a candidate's distance is then the
+    smallest over them, so a mirrored or turned copy ranks as the copy it is.
+    """
+    kind = queries[0].kind
     scored = [
-        (query.hamming(item.image.hashes[query.kind]), index, item)
+        (min(query.hamming(item.image.hashes[kind]) for query in queries), index, item)
         for index, item in enumerate(candidates)
         if item.image is not None
     ]
     scored.sort(key=lambda entry: (entry[0], entry[1]))
     if radius is not None:
-        scored = [entry for entry in scored if within(entry[0], query.kind, radius)]
+        scored = [entry for entry in scored if within(entry[0], kind, radius)]
     if k is not None:
         scored = scored[:k]
     return Ranking(
         [dict(item.record) for _, _, item in scored],
-        [shown_distance(bits, query.kind) for bits, _, _ in scored],
+        [shown_distance(bits, kind) for bits, _, _ in scored],
         [bits for bits, _, _ in scored],
     )

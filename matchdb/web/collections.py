@@ -11,13 +11,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from matchdb.hashing import VisualHash
 from matchdb.service.collections import CollectionService, QueryError, public_record, validate_filter
 from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure
 from matchdb.storage import collections as collection_store
 from matchdb.web.auth import Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
-from matchdb.web.requests import count_field, hash_types, number_field, records_field
+from matchdb.web.requests import count_field, flag_field, hash_types, number_field, records_field
 from matchdb.web.stateless import api_method
 
 MAX_PAGE_SIZE = 1000
@@ -156,28 +157,33 @@ async def all_ids(
     return context.respond({"ids": ids, "next_page": next_page, "count": count})
 
 
-async def _query_hash(
-    request: Request, context: RequestContext, collection_id: str, body: dict[str, Any], kind: str
-) -> tuple[LoadedRecord, Any, int | None]:
-    """The query as (record to echo, hash, row id to exclude): an image, or a stored record named by ``_id``."""
+async def _query_hashes(
+    request: Request, context: RequestContext, collection_id: str, body: dict[str, Any], kind: str, dihedral: bool
+) -> tuple[LoadedRecord, list[VisualHash], int | None]:
+    """The query as (record to echo, hashes, row id to exclude): an image, or a stored record named by ``_id``.
+    With ``dihedral`` the hashes are those of the image's 8 orientations, so it needs the image itself."""
     raw = body.get("query_record")
     if not isinstance(raw, dict):
         raise ApiError(400, "Missing field 'query_record' (an object with _url, _base64 or a stored _id)")
     service = _service(request)
     if "_url" not in raw and "_base64" not in raw and "_id" in raw:
+        if dihedral:
+            raise ApiError(
+                400, "dihedral needs the query image (_url or _base64): a stored record keeps only its hashes"
+            )
         try:
             stored, value = await service.stored_hash(collection_id, str(raw["_id"]), kind)
         except QueryError as exc:
             raise ApiError(exc.status, str(exc)) from exc
         item = LoadedRecord(public_record(stored), None)
         stamp_statuses(context, [item])
-        return item, value, stored.row_id
+        return item, [value], stored.row_id
     loader = request.app.state.loader
-    item = await loader.load(raw, (kind,), assign_id=False)
+    item = await loader.load(raw, (kind,), assign_id=False, dihedral=dihedral)
     stamp_statuses(context, [item])
     if item.image is None:
         raise ApiError(400, f"Query record failed: {item.failure.text if item.failure else 'unknown error'}")
-    return item, item.image.hashes[kind], None
+    return item, item.query_hashes(kind), None
 
 
 def _fields(body: dict[str, Any]) -> list[str] | None:
@@ -197,13 +203,14 @@ async def visual_knn(
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
     k = count_field(body, "k") or 10
     radius = number_field(body, "radius", None)
+    dihedral = flag_field(body, "dihedral")
     try:
         filter_ = validate_filter(body.get("filter"))
     except QueryError as exc:
         raise ApiError(exc.status, str(exc)) from exc
-    query, value, exclude = await _query_hash(request, context, collection.id, body, kind)
+    query, values, exclude = await _query_hashes(request, context, collection.id, body, kind, dihedral)
     try:
-        answer = await _service(request).knn(collection.id, value, k, radius, filter_, _fields(body), exclude)
+        answer = await _service(request).knn(collection.id, values, k, radius, filter_, _fields(body), exclude)
     except IndexLoading as exc:
         raise ApiError(503, str(exc)) from exc
     return context.respond(
@@ -226,9 +233,10 @@ async def visual_rank_records(
     items = _ids(records_field(body, _max_records(request)))
     k = count_field(body, "k")
     radius = number_field(body, "radius", None)
-    query, value, _ = await _query_hash(request, context, collection.id, body, kind)
+    dihedral = flag_field(body, "dihedral")
+    query, values, _ = await _query_hashes(request, context, collection.id, body, kind, dihedral)
     wanted = [str(i.record["_id"]) for i in items if i.failure is None]
-    answer, missing = await _service(request).rank_records(collection.id, value, wanted, k, radius)
+    answer, missing = await _service(request).rank_records(collection.id, values, wanted, k, radius)
     skipped = [_found_or_404(i, str(i.record.get("_id")) not in missing) for i in items]
     skipped = [i for i in skipped if i.failure is not None]
     stamp_statuses(context, skipped)

@@ -89,3 +89,14 @@ def count_field(body: dict[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ApiError(400, f"Field '{name}' must be a positive integer, got {json.dumps(value)[:40]}")
     return value
+
+
+def flag_field(body: dict[str, Any], name: str) -> bool:
+    """An optional boolean (absent or null: false). Only JSON ``true``/``false``: ``"true"`` or ``1`` is a 400,
+    so a typo never silently switches a matching mode on or off."""
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"Field '{name}' must be true or false, got {json.dumps(value)[:40]}")
+    return value

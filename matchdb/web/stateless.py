@@ -16,7 +16,7 @@ from matchdb.service import stateless as service
 from matchdb.service.records import ImageLoader
 from matchdb.web.auth import Authenticator, Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
-from matchdb.web.requests import count_field, hash_types, number_field, read_json, records_field
+from matchdb.web.requests import count_field, flag_field, hash_types, number_field, read_json, records_field
 
 SERVICE_INFO = {
     "_name": "Image matching service",
@@ -100,14 +100,15 @@ async def rank_images(
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
     k = count_field(body, "k")
     radius = number_field(body, "radius", None)
+    dihedral = flag_field(body, "dihedral")
     loader = _loader(request)
-    query = await loader.load(body["query_record"], (kind,), assign_id=False)
+    query = await loader.load(body["query_record"], (kind,), assign_id=False, dihedral=dihedral)
     loaded = await loader.load_many(records, (kind,), assign_id=True)
     stamp_statuses(context, [query, *loaded])
     if query.image is None:
         assert query.failure is not None
         return context.respond({"query_records": [query.record]}, 400, f"Query record failed: {query.failure.text}")
-    ranking = service.rank(query.image.hashes[kind], loaded, k, radius)
+    ranking = service.rank(query.query_hashes(kind), loaded, k, radius)
     skipped = [item.record for item in loaded if item.failure is not None]
     code, text = batch_outcome(loaded)
     response = {
