@@ -238,4 +238,4 @@ def rebuild_index(key: str | None, timeout: float, fresh: float) -> None:
     click.echo(f"generation {seq}: {len(result.servers)} servers rebuilt in {result.waited:.2f} s")
 
 
-from matchdb import cli_collections  # noqa: E402,F401  (registers the commands)
+from matchdb import cli_collections, cli_dedupe, cli_eval  # noqa: E402,F401  (registers the commands)
