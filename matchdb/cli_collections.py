@@ -15,6 +15,7 @@ from matchdb.cli import _settings, main
 from matchdb.config import Settings
 from matchdb.errors import ImageError
 from matchdb.hashing import HASH_TYPES, hash_image
+from matchdb.pool import process_pool
 from matchdb.storage import collections as collection_store
 from matchdb.storage.database import make_engine, upgrade
 from matchdb.storage.tokens import DEFAULT_WORKSPACE
@@ -127,7 +128,7 @@ def ingest_command(
     settings = _settings()
     items = service.discover(paths)
     workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
-    with service.hash_pool(workers) as pool:  # first: its workers must fork before any thread starts
+    with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
         engine = _engine(settings)
         info = _resolve(engine, workspace, key, create)
         with (

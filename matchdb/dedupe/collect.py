@@ -31,7 +31,8 @@ from matchdb.errors import MatchdbError
 from matchdb.hashing import decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.hashing.value import packed_size
-from matchdb.service.ingest import discover, hash_pool
+from matchdb.pool import process_pool
+from matchdb.service.ingest import discover
 from matchdb.service.records import fetcher_from_settings
 
 URL_SCHEMES = ("http://", "https://")
@@ -144,10 +145,10 @@ def hash_path(path: str, kind: str, dihedral: bool, max_pixels: int) -> Hashed:
 
 @contextlib.contextmanager
 def hash_executor(jobs: int) -> Iterator[Executor]:
-    """Worker processes (started before any thread, see :func:`hash_pool`), or one thread for ``jobs == 1``: no
+    """Worker processes (started before any thread, see :mod:`matchdb.pool`), or one thread for ``jobs == 1``: no
     process start-up for small runs, and tests can run the command in-process."""
     if jobs > 1:
-        with hash_pool(jobs) as pool:
+        with process_pool(jobs) as pool:
             yield pool
     else:
         with ThreadPoolExecutor(max_workers=1) as thread:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from matchdb.evaluation.baselines import baseline_hashes
 from matchdb.evaluation.transforms import make_copy
 from matchdb.hashing import Pixels, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
+from matchdb.pool import process_pool
 
 #: What ``matchdb eval DIR`` picks up (the extensions ``matchdb ingest`` takes).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".gif", ".bmp"})
@@ -141,23 +141,6 @@ def hash_source(source: Source, plan: Plan) -> SourceHashes | SourceFailure:
     return SourceHashes(source.key, pixels.width, pixels.height, original, copies, errors)
 
 
-def _ignore_interrupts() -> None:
-    """Ctrl-C is the parent's to handle; without this every worker prints its own KeyboardInterrupt traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
-    """Workers started on entry: with fork they must exist before tqdm starts its monitor thread."""
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_interrupts)
-    try:
-        for future in [pool.submit(int) for _ in range(jobs)]:
-            future.result()
-        yield pool
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
 def run(
     sources: Sequence[Source],
     plan: Plan,
@@ -169,7 +152,7 @@ def run(
     started = time.perf_counter()
     results: dict[int, SourceHashes | SourceFailure] = {}
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(_pool(jobs)) if jobs > 1 else None  # before the bar starts its thread
+        pool = stack.enter_context(process_pool(jobs)) if jobs > 1 else None  # before the bar starts its thread
         bar = stack.enter_context(
             tqdm(total=len(sources), unit="image", file=sys.stderr, disable=not progress, desc="hashing")
         )

@@ -17,15 +17,13 @@ twice. Only downloaded bytes (which exist in this process anyway) are sent to a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import hashlib
 import json
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,25 +195,6 @@ def hash_file(path: str, known_checksum: str | None, max_pixels: int) -> Hashes 
     if checksum == known_checksum:
         return checksum
     return hash_bytes(data, checksum, max_pixels)
-
-
-def _ignore_interrupts() -> None:
-    """Ctrl-C is the parent's to handle (it stops submitting; committed batches stay): without this every worker
-    would print its own KeyboardInterrupt traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def hash_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
-    """A process pool whose workers are all started on entry: with the fork start method they must be forked
-    before this process starts threads (asyncio's, tqdm's), or a child could inherit a lock held mid-operation."""
-    pool = ProcessPoolExecutor(max_workers=max(1, jobs), initializer=_ignore_interrupts)
-    try:
-        for future in [pool.submit(int) for _ in range(max(1, jobs))]:
-            future.result()
-        yield pool
-    finally:
-        pool.shutdown(cancel_futures=True)
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------------------
