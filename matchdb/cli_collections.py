@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 from matchdb.cli import _settings, main
 from matchdb.config import Settings
 from matchdb.errors import ImageError
-from matchdb.hashing import HASH_TYPES, hash_image
+from matchdb.hashing import HASH_TYPES, decode_image, hash_pixels
+from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.pool import process_pool
 from matchdb.storage import collections as collection_store
 from matchdb.storage.database import make_engine, upgrade
@@ -159,6 +160,9 @@ def ingest_command(
 @click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Answers per image.")
 @click.option("--radius", type=click.FloatRange(min=0), default=None, help="Only answers within PERCENT distance.")
 @click.option("--hash-type", type=click.Choice(HASH_TYPES), default="bmh1", show_default=True)
+@click.option(
+    "--dihedral", is_flag=True, help="Also match mirrored and 90/180/270-degree turned copies (8 searches per image)."
+)
 @click.option("--json", "as_json", is_flag=True, help='Print JSON lines {"file", "answers"} instead of a table.')
 def query_command(
     images: tuple[Path, ...],
@@ -167,6 +171,7 @@ def query_command(
     k: int,
     radius: float | None,
     hash_type: str,
+    dihedral: bool,
     as_json: bool,
 ) -> None:
     """Print the K stored records nearest to each image file. The exit status is 1 if any image failed."""
@@ -180,13 +185,15 @@ def query_command(
     failed = 0
     for path in images:
         try:
-            query = hash_image(path.read_bytes(), (hash_type,), settings.max_pixels).hashes[hash_type]
+            pixels = decode_image(path.read_bytes(), settings.max_pixels)
+            variants = hash_dihedral(pixels, (hash_type,)) if dihedral else [hash_pixels(pixels, (hash_type,))]
+            queries = [hashes[hash_type] for hashes in variants]
         except (OSError, ImageError) as exc:
             failed += 1
             error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             click.echo(json.dumps({"file": str(path), "error": error}) if as_json else f"{path}: {error}")
             continue
-        answers = service.nearest_records(engine, registry, info.id, query, k, radius)
+        answers = service.nearest_records(engine, registry, info.id, queries, k, radius)
         if as_json:
             click.echo(json.dumps({"file": str(path), "answers": answers}))
             continue

@@ -152,6 +152,25 @@ def test_ingest_a_folder_rerun_change_and_query(tmp_path: Path, folder: Path) ->
     assert rows[2].split()[0] == "1" and rows[2].split()[-1] == "sub/g.jpeg" and len(rows) == 4
 
 
+def test_query_dihedral_finds_mirrored_and_turned_copies(tmp_path: Path, folder: Path) -> None:
+    url = sqlite_url(tmp_path)
+    ingest = run(url, "ingest", "--create", "--collection", "photos", str(folder), cwd=tmp_path)
+    assert ingest.returncode == 0, ingest.stderr
+    original = Image.fromarray(photo_like(96, 72, FOLDER_IMAGES["sub/f.png"]))
+    for name, turned in (
+        ("mirror.png", original.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        ("turned.png", original.transpose(Image.Transpose.ROTATE_90)),
+    ):
+        query_file = tmp_path / name
+        query_file.write_bytes(encode(turned, "PNG"))
+        plain = json.loads(run(url, "query", "--collection", "photos", "-k", "1", "--json", str(query_file)).stdout)
+        found = run(url, "query", "--collection", "photos", "-k", "1", "--json", "--dihedral", str(query_file))
+        assert found.returncode == 0, found.stderr
+        best = json.loads(found.stdout)["answers"][0]
+        assert best["_id"] == "sub/f.png" and best["hamming"] == 0
+        assert plain["answers"][0]["hamming"] > 100  # without it, the turned copy is not near its original
+
+
 def test_failures_go_to_the_report_and_the_rest_is_stored(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()

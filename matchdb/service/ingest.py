@@ -36,7 +36,7 @@ from matchdb.config import Settings
 from matchdb.errors import MatchdbError
 from matchdb.fetch import Fetcher
 from matchdb.hashing import HASH_TYPES, VisualHash, hash_image
-from matchdb.service.collections import COMPUTED, max_bits_within, public_record
+from matchdb.service.collections import COMPUTED, max_bits_within, merge_hits, public_record
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import fetcher_from_settings
 from matchdb.service.stateless import shown_distance
@@ -475,15 +475,17 @@ def nearest_records(
     engine: Engine,
     registry: IndexRegistry,
     collection_id: str,
-    query: VisualHash,
+    queries: Sequence[VisualHash],
     k: int,
     radius: float | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``k`` stored records nearest to ``query`` (within ``radius`` percent if given), nearest first, each as
-    ``{"_id", "distance", "hamming", ...attributes}``. Ties are ordered by insertion order, as in visualKNN."""
+    """The ``k`` stored records nearest to the query (within ``radius`` percent if given), nearest first, each as
+    ``{"_id", "distance", "hamming", ...attributes}``. Ties are ordered by insertion order, as in visualKNN.
+    ``queries`` holds one hash, or the hashes of the query's orientations (a record keeps its smallest distance)."""
+    query = queries[0]
     index = registry.get(collection_id).by_kind[query.kind]
     max_bits = None if radius is None else max_bits_within(radius, query.kind)
-    hits = index.nearest(query.as_int(), k, max_bits)
+    hits = merge_hits([index.nearest(q.as_int(), k, max_bits) for q in queries], k)
     with engine.connect() as connection:
         stored = get_by_row_ids(connection, [hit.key for hit in hits])
     answers: list[dict[str, Any]] = []
