@@ -79,6 +79,8 @@ def dedupe_command(
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv are exclusive")
+    if html_path is not None and not html_path.absolute().parent.is_dir():  # before anything is moved
+        raise click.BadParameter(f"folder {html_path.absolute().parent} does not exist", param_hint="--html")
     settings = _settings()
     limit = service.DEFAULT_RANGE[hash_type] if range_ is None else range_
     try:
@@ -108,17 +110,25 @@ def dedupe_command(
             outcome = service.apply_moves(outcome, move_to)
         except service.MoveRefused as exc:
             raise click.UsageError(str(exc)) from exc
-    if html_path is not None:
-        html_path.write_text(service.page.to_html(outcome, thumbnails), encoding="utf-8")
+    # The report first: after --move-to it is the record of what went where. As bytes, so a file name that is not
+    # valid UTF-8 comes out as the bytes it has on disk instead of stopping the output.
     if as_json:
-        click.echo(service.report.to_json(outcome))
+        report = service.report.to_json(outcome) + "\n"
     elif as_csv:
-        click.echo(service.report.to_csv(outcome), nl=False)
+        report = service.report.to_csv(outcome)
     else:
-        click.echo(service.report.to_table(outcome))
+        report = service.report.to_table(outcome) + "\n"
+    click.echo(report.encode("utf-8", "surrogateescape"), nl=False)
+    html_failed = False
+    if html_path is not None:
+        try:
+            html_path.write_text(service.page.to_html(outcome, thumbnails), encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            html_failed = True
+            click.echo(f"matchdb dedupe: cannot write {html_path}: {exc.strerror or exc}", err=True)
     for line in service.report.failure_lines(outcome.table):
         click.echo(f"matchdb dedupe: cannot read {line}", err=True)
-    failed = len(outcome.table.errors) + outcome.move_failures
+    failed = len(outcome.table.errors) + outcome.move_failures + html_failed
     if failed:
         click.echo(f"matchdb dedupe: {len(outcome.table.errors)} inputs failed to read", err=True)
         if outcome.move_failures:

@@ -124,9 +124,11 @@ def eval_command(
         if str(json_path) == "-":
             click.echo(text)
         else:
-            json_path.write_text(text + "\n", encoding="utf-8")
+            json_path.write_text(text + "\n", encoding="utf-8", errors="surrogateescape")
     if html_path is not None:
-        html_path.write_text(report_html.render(report, directory, settings.max_pixels), encoding="utf-8")
+        html_path.write_text(
+            report_html.render(report, directory, settings.max_pixels), encoding="utf-8", errors="surrogateescape"
+        )
         click.echo(f"HTML report written to {html_path}", err=True)
     if json_path is None or str(json_path) != "-":
         click.echo(report_text.render(report), nl=False)

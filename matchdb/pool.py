@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -23,18 +24,24 @@ _PR_SET_PDEATHSIG = 1
 
 def _worker_start(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
+    if parent:  # forked by the command itself (Linux): tie the worker's life to it
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
 
 
 @contextlib.contextmanager
 def process_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of ``jobs`` (at least 1) worker processes, all started, shut down (pending work cancelled) on exit."""
     jobs = max(1, jobs)
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_start, initargs=(os.getpid(),))
+    # fork explicitly on Linux (Python 3.14 defaults to forkserver, whose workers are not this process's children);
+    # elsewhere the platform default (spawn), without the parent-death signal.
+    linux = sys.platform.startswith("linux")
+    context = multiprocessing.get_context("fork") if linux else None
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_worker_start, initargs=(os.getpid() if linux else 0,)
+    )
     try:
         for future in [pool.submit(int) for _ in range(jobs)]:
             future.result()

@@ -340,8 +340,10 @@ def test_move_keeps_relative_paths_and_skips_its_own_folder(folder: Path) -> Non
     target = folder / "dupes"
     document = run_json(str(folder), "--range", RANGE, "--keep", "first", "--move-to", str(target))
     assert listing(target) == ["a2.jpg", "b2.jpg", "d2.png", "sub/a3.jpg"]
-    again = run_json(str(folder), "--range", RANGE, "--move-to", str(target))
-    assert again["summary"]["images"] == 4 and again["groups"] == []
+    again = run("--json", str(folder), "--range", RANGE, "--move-to", str(target))
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["summary"]["images"] == 4 and json.loads(again.stdout)["groups"] == []
+    assert "more than once" not in again.stderr  # the moved files are not inputs, nor repeats
     assert document["summary"]["moved"] == 4
 
 
@@ -367,6 +369,56 @@ def test_move_no_clobber_refuses_a_file_that_appeared(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         move_no_clobber(source, destination)
     assert source.read_bytes() == b"mine" and destination.read_bytes() == b"theirs"
+
+
+def test_a_failed_cross_device_copy_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import shutil
+
+    from matchdb.dedupe import moving
+
+    def no_link(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    source, destination = tmp_path / "x.png", tmp_path / "out" / "x.png"
+    source.write_bytes(b"mine")
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        moving.move_no_clobber(source, destination)
+    assert source.read_bytes() == b"mine" and not destination.exists()  # a rerun is not blocked by a stray copy
+
+
+def test_html_into_a_missing_folder_is_refused_before_anything_moves(folder: Path, tmp_path: Path) -> None:
+    before = listing(folder)
+    result = run(
+        str(folder), "--range", RANGE, "--move-to", str(tmp_path / "dupes"), "--html", str(tmp_path / "no/r.html")
+    )
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert listing(folder) == before and not (tmp_path / "dupes").exists()
+
+
+def test_manifest_rows_may_share_an_id(folder: Path, tmp_path: Path) -> None:
+    """Several images of one product share an ``_id`` in a catalogue export: for dedupe that is no error."""
+    manifest = tmp_path / "catalogue.csv"
+    manifest.write_text(f"_file,_id\n{folder / 'a1.png'},sku1\n{folder / 'a2.jpg'},sku1\n{folder / 'c1.png'},sku2\n")
+    document = run_json(str(manifest), "--range", RANGE, "--keep", "first")
+    assert document["failed"] == [] and document["summary"]["images"] == 3
+    assert [len(group["members"]) for group in document["groups"]] == [2]
+
+
+def test_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    root = tmp_path / "odd"
+    root.mkdir()
+    (root / os.fsdecode(b"\xff\xfecopy.png")).write_bytes(FILES["a2.jpg"])
+    (root / "a1.png").write_bytes(FILES["a1.png"])
+    page = tmp_path / "page.html"
+    result = run("--json", str(root), "--range", RANGE, "--html", str(page))
+    assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["groups"]) == 1 and page.stat().st_size > 0
 
 
 # --- failures and usage errors ------------------------------------------------------------------------------------

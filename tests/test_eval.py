@@ -149,6 +149,18 @@ def test_limit_hash_type_and_unreadable_files(tmp_path: Path) -> None:
     assert report["results"][0]["distinct_pairs"] == 3 * 2 * 2
 
 
+def test_a_file_reached_twice_counts_once_and_odd_names_work(tmp_path: Path) -> None:
+    """A symlink to another image would be a "distinct" pair at distance 0; a name that is not UTF-8 must not
+    lose its copies."""
+    _write_images(tmp_path)
+    (tmp_path / "zz-link.jpg").symlink_to(tmp_path / "img01.jpg")
+    (tmp_path / "img03.png").rename(tmp_path / os.fsdecode(b"\xff-img03.png"))
+    report = json.loads(run_eval(str(tmp_path), "--hash-type", "phash", "--transform", "png", "--json", "-").stdout)
+    assert report["images_found"] == len(SIZES) and report["sources"] == len(SIZES)
+    assert report["results"][0]["distinct_pairs"] == len(SIZES) * (len(SIZES) - 1) * 2
+    assert transform_stats(report["results"][0], "png")["pairs"] == len(SIZES)
+
+
 def test_exit_codes(tmp_path: Path, images: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

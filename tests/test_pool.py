@@ -55,3 +55,19 @@ def test_the_pool_runs_work_and_shuts_down() -> None:
         assert sorted(pool.map(abs, [-3, -1, 2])) == [1, 2, 3]
     with pytest.raises(RuntimeError):
         pool.submit(abs, 1)
+
+
+def test_the_pool_works_whatever_the_default_start_method() -> None:
+    """Python 3.14 makes forkserver the default on Linux; the pool must not depend on the default."""
+    script = (
+        "import multiprocessing\n"
+        "from matchdb.pool import process_pool\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method('forkserver' if 'forkserver' in multiprocessing.get_all_start_methods()"
+        " else 'spawn')\n"
+        "    with process_pool(2) as pool:\n"
+        "        print(sum(pool.map(abs, [-1, -2, 3])))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "6"

@@ -72,7 +72,7 @@ def collect_sources(arguments: Sequence[str], exclude: Path | None = None) -> tu
         elif Path(argument).suffix.lower() == LIST_SUFFIX and Path(argument).is_file():
             found.extend(_list_sources(Path(argument)))
         else:
-            for item in discover([Path(argument)]):
+            for item in discover([Path(argument)], unique_ids=False):
                 if item.error is not None:
                     found.append(Source(item.source, error=item.error))
                 else:
@@ -80,10 +80,12 @@ def collect_sources(arguments: Sequence[str], exclude: Path | None = None) -> tu
     fence = os.path.realpath(exclude) if exclude is not None else None
     seen: set[str] = set()
     unique: list[Source] = []
+    fenced = 0
     for source in found:
         if source.path is not None:
             identity = os.path.realpath(source.path)
             if fence is not None and (identity == fence or identity.startswith(fence + os.sep)):
+                fenced += 1  # moved there by an earlier run: not an input, and not a repeat either
                 continue
         else:
             identity = source.url or ""
@@ -91,7 +93,7 @@ def collect_sources(arguments: Sequence[str], exclude: Path | None = None) -> tu
             continue
         seen.add(identity)
         unique.append(source)
-    return unique, len(found) - len(unique)
+    return unique, len(found) - len(unique) - fenced
 
 
 def _list_sources(listing: Path) -> list[Source]:

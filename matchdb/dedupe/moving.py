@@ -9,6 +9,7 @@ either. URLs are never moved.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -79,9 +80,14 @@ def move_no_clobber(source: Path, destination: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        with source.open("rb") as reader, destination.open("xb") as writer:
-            shutil.copyfileobj(reader, writer)
-        shutil.copystat(source, destination)
+        with source.open("rb") as reader, destination.open("xb") as writer:  # "x": never replaces a file
+            try:
+                shutil.copyfileobj(reader, writer)
+            except OSError:
+                destination.unlink()  # ours (created just now): leave no partial copy to block the next run
+                raise
+        with contextlib.suppress(OSError):  # times and mode are best effort (FAT, CIFS refuse chmod)
+            shutil.copystat(source, destination)
     try:
         os.unlink(source)
     except OSError:

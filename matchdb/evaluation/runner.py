@@ -41,7 +41,8 @@ class Source:
 
 def find_images(root: Path) -> list[Source]:
     """Image files under ``root`` (recursively, hidden files and folders skipped), sorted by relative path so a
-    run, and ``--limit``, always picks the same images."""
+    run, and ``--limit``, always picks the same images. A file reached twice (a symlink to another one) counts
+    once: two names for one image would be a "distinct" pair at distance 0 and drag every threshold down."""
     found: list[Source] = []
     for folder, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -49,7 +50,14 @@ def find_images(root: Path) -> list[Source]:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 path = Path(folder, name)
                 found.append(Source(path.relative_to(root).as_posix(), path))
-    return sorted(found, key=lambda source: source.key)
+    seen: set[str] = set()
+    unique = []
+    for source in sorted(found, key=lambda source: source.key):
+        real = os.path.realpath(source.path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(source)
+    return unique
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,9 @@ NAMES = tuple(BY_NAME)
 
 def rng_for(seed: int, source_key: str, transform_name: str) -> np.random.Generator:
     """The generator of one copy: fixed by the seed and the two names, independent of run order or ``--limit``."""
-    return np.random.default_rng([seed, zlib.crc32(source_key.encode()), zlib.crc32(transform_name.encode())])
+    return np.random.default_rng(
+        [seed, zlib.crc32(source_key.encode("utf-8", "surrogateescape")), zlib.crc32(transform_name.encode())]
+    )
 
 
 def make_copy(image: Image.Image, transform_name: str, seed: int, source_key: str) -> bytes:

@@ -69,11 +69,12 @@ class Item:
     error: str | None = None
 
 
-def discover(paths: Sequence[Path]) -> list[Item]:
+def discover(paths: Sequence[Path], unique_ids: bool = True) -> list[Item]:
     """Every item behind ``paths`` (folders, image files, ``.csv``/``.jsonl`` manifests), in argument order.
 
     A folder's images are sorted by their path relative to it, which is also their ``_id``; a single image file is
     identified by its name; manifest rows by ``_id``, else ``_file`` (relative to the manifest), else ``_url``.
+    With ``unique_ids`` (ingest: one record per ``_id``) a repeated ``_id`` is an error; ``dedupe`` has no records.
     """
     items: list[Item] = []
     for path in paths:
@@ -86,7 +87,7 @@ def discover(paths: Sequence[Path]) -> list[Item]:
             items.extend(_jsonl_items(path))
         else:  # named explicitly, so taken whatever its extension
             items.append(Item(path.name, str(path), path=path))
-    return _mark_repeated(items)
+    return _mark_repeated(items) if unique_ids else items
 
 
 def _folder_items(root: Path) -> list[Item]:

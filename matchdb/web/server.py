@@ -8,14 +8,16 @@ for a delayed ACK (uvicorn issue 3149). :class:`TcpConfig` re-labels the listene
 from __future__ import annotations
 
 import contextlib
+import inspect
 import socket
 import sys
+from typing import Any
 
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 APP = "matchdb.web.app:app_from_env"
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start (e.g. the port is taken)
 
 
 class TcpConfig(uvicorn.Config):
@@ -33,7 +35,11 @@ def run(host: str, port: int, workers: int) -> None:
     """Serve until interrupted; with ``workers`` > 1 a supervisor restarts workers that die."""
     config = TcpConfig(APP, factory=True, host=host, port=port, workers=workers)
     if workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        supervisor: Any = Multiprocess  # older uvicorn releases (the pyproject allows >= 0.30) also take the target
+        if "target" in inspect.signature(Multiprocess).parameters:
+            supervisor(config, target=uvicorn.Server(config).run, sockets=[config.bind_socket()]).run()
+        else:
+            supervisor(config, sockets=[config.bind_socket()]).run()
         return
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
