@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from matchdb.config import Settings
 from matchdb.errors import ConfigError, ImageError
 from matchdb.hashing import HASH_TYPES, hash_image
 from matchdb.storage import tokens as token_store
+from matchdb.storage.changes import prune_changes
 from matchdb.storage.database import current_revision, make_engine, upgrade
 
 
@@ -124,6 +126,27 @@ def db_upgrade() -> None:
     upgrade(engine)
     after = current_revision(engine)
     click.echo(f"schema at {after}" + (f" (was {before or 'empty'})" if before != after else " (already current)"))
+
+
+@db.command("prune-changes")
+@click.option(
+    "--keep-hours",
+    type=click.FloatRange(min=1),
+    default=24,
+    show_default=True,
+    help="Keep the change-log entries of the last this many hours.",
+)
+def db_prune_changes(keep_hours: float) -> None:
+    """Delete old change-log entries (run it daily, e.g. from cron).
+
+    Every write adds one entry per record; servers only need the ones they have not applied yet, and they apply
+    them every two seconds. A server frozen for longer than --keep-hours reloads its indexes when it wakes.
+    """
+    engine = make_engine(_settings().database_url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        deleted, upto = prune_changes(connection, datetime.now(UTC) - timedelta(hours=keep_hours))
+    click.echo(f"deleted {deleted} change-log entries (up to seq {upto})" if deleted else "nothing to delete")
 
 
 @main.group()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
 from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.storage.collections import create_collection
-from matchdb.storage.database import make_engine
+from matchdb.storage.database import make_engine, upgrade
 from matchdb.storage.records import NewRecord, delete_records, upsert_records
 
 
@@ -118,3 +119,52 @@ def test_catch_up_survives_losing_its_connection(database_url: str) -> None:
     assert registry.get(collection_id).size == 11
     assert registry._watch is not None and registry._watch is not watch
     registry.close()
+
+
+def test_pruning_the_change_log(database_url: str) -> None:
+    """Old entries go; a server that had applied them keeps its indexes; one that had not reloads, and then
+    answers with every write (nothing lost to the prune)."""
+    from datetime import UTC, datetime, timedelta
+
+    from matchdb.storage.changes import PRUNED, changes_since, prune_changes
+
+    engine = make_engine(database_url)
+    collection_id, _ = fill(engine, 30, seed=8)
+    current, lagging = IndexRegistry(engine), IndexRegistry(engine)
+    assert current.get(collection_id).size == lagging.get(collection_id).size == 30
+    other = make_engine(database_url)
+    with other.begin() as connection:  # written while ``lagging`` is frozen (no catch-up)
+        upsert_records(connection, collection_id, [NewRecord("late", {}, None, 1, 1, "x", bytes(121), bytes(8))])
+        delete_records(connection, collection_id, ["r3"])
+    assert current.get(collection_id).size == 30  # applied: one in, one out
+    before = current.get(collection_id)
+
+    with other.begin() as connection:
+        assert prune_changes(connection, datetime.now(UTC) - timedelta(hours=1)) == (0, 0)  # nothing that old
+        deleted, upto = prune_changes(connection, datetime.now(UTC) + timedelta(seconds=5))
+    assert deleted >= 32 and upto > 0
+    with other.connect() as connection:
+        assert [(c.op, c.record_id) for c in changes_since(connection, 0)] == [(PRUNED, upto)]
+
+    assert current.get(collection_id) is before  # it had seen everything: no reload
+    reloaded = lagging.get(collection_id, wait=60)
+    assert reloaded.size == 30
+    assert reloaded.by_kind["bmh1"].nearest(0, 1)[0].bits == 0  # the late record is there
+    with other.begin() as connection:  # and catch-up goes on normally after the reload
+        delete_records(connection, collection_id, ["late"])
+    assert lagging.get(collection_id).size == 29 and current.get(collection_id).size == 29
+
+
+def test_prune_changes_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from matchdb.cli import main
+
+    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    fill(engine, 5, seed=9)
+    result = CliRunner().invoke(main, ["db", "prune-changes"], env={"MATCHDB_DATABASE_URL": url})
+    assert result.exit_code == 0 and result.output.strip() == "nothing to delete"  # all of them are recent
+    bad = CliRunner().invoke(main, ["db", "prune-changes", "--keep-hours", "0"], env={"MATCHDB_DATABASE_URL": url})
+    assert bad.exit_code == 2

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import HammingIndex, NumpyTreeIndex
-from matchdb.storage.changes import ALL_COLLECTIONS, Change, changes_since, latest_seq
+from matchdb.storage.changes import ALL_COLLECTIONS, PRUNED, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
 from matchdb.storage.hash_load import load_hashes
 from matchdb.storage.records import get_by_row_ids
@@ -145,6 +145,7 @@ class IndexRegistry:
             self._seq = latest_seq(connection)
             self.generation = self._seq
             return 0
+        start, missed = self._seq, False
         applied = 0
         while True:
             batch = changes_since(connection, self._seq)
@@ -152,6 +153,9 @@ class IndexRegistry:
                 break
             ready = []
             for change in batch:
+                if change.op == PRUNED:  # entries after ``start`` were deleted unseen: the indexes cannot be trusted
+                    missed = missed or (change.record_id is not None and change.record_id > start)
+                    continue
                 if change.op == "rebuild":
                     rebuilds.append(change)
                     continue
@@ -172,7 +176,18 @@ class IndexRegistry:
             self._apply(connection, ready)
             self._seq = batch[-1].seq
             applied += len(batch)
+        if missed:
+            self._reload_all()
         return applied
+
+    def _reload_all(self) -> None:
+        """Load every collection afresh (queries wait for it, as at start): after changes were lost to pruning."""
+        log.warning("change-log entries this server had not applied were pruned: reloading every index")
+        self._rebuilding.clear()
+        for collection_id in list(self._collections):
+            fresh = CollectionIndex({kind: self._factory(NBITS[kind]) for kind in HASH_TYPES})
+            self._collections[collection_id] = fresh
+            threading.Thread(target=self._load, args=(collection_id, fresh), daemon=True).start()
 
     def rebuild(self, requests: list[Change]) -> None:
         """Build fresh indexes of the requested collections from the database and swap them in atomically."""
@@ -230,19 +245,18 @@ class IndexRegistry:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
                 loaded.state = "ready"
-                if replaces:
-                    self._rebuilding.pop(collection_id, None)
-                    if collection_id in self._collections:  # not dropped meanwhile
+                if replaces and self._rebuilding.get(collection_id) is loaded:  # not dropped or superseded
+                    del self._rebuilding[collection_id]
+                    if collection_id in self._collections:
                         self._collections[collection_id] = loaded
         except Exception as exc:  # a failed load must not leave queries waiting forever
             log.exception("loading the index of collection %s failed", collection_id)
             with self._lock:
                 loaded.error = str(exc)
                 loaded.state = "failed"
-                if replaces:
-                    self._rebuilding.pop(collection_id, None)  # the old indexes stay in service
-                else:
-                    self._collections.pop(collection_id, None)
+                registry = self._rebuilding if replaces else self._collections  # (a rebuild's old indexes stay)
+                if registry.get(collection_id) is loaded:
+                    del registry[collection_id]
         finally:
             loaded.load_seconds = time.perf_counter() - started
             loaded.ready.set()

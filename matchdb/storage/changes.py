@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy import bindparam, delete, func, insert, select, text
 from sqlalchemy.engine import Connection
 
 from matchdb.storage.schema import changes
@@ -52,6 +52,25 @@ def append_changes(connection: Connection, collection_id: str, op: str, record_i
         insert(changes),
         [{"collection_id": collection_id, "op": op, "record_id": rid, "created_at": now} for rid in record_ids],
     )
+
+
+PRUNED = "pruned"  # the marker op: ``record_id`` holds the last seq deleted
+
+
+def prune_changes(connection: Connection, older_than: datetime) -> tuple[int, int]:
+    """Delete the log entries created before ``older_than``; returns (entries deleted, last seq deleted).
+
+    Servers catch up every couple of seconds (heartbeat), so only a server frozen for longer than the retention can
+    still need them. For that one a marker is appended: a server that finds it with a seq it has not reached yet
+    lost changes, and reloads its indexes from the database instead of trusting them."""
+    _serialise_writers(connection)
+    upto = connection.execute(select(func.max(changes.c.seq)).where(changes.c.created_at < older_than)).scalar()
+    if upto is None:
+        return 0, 0
+    # The marker first: it outlives the delete, so the highest seq never goes (SQLite would hand it out again).
+    append_change(connection, ALL_COLLECTIONS, PRUNED, int(upto))
+    deleted = connection.execute(delete(changes).where(changes.c.seq <= upto)).rowcount
+    return int(deleted), int(upto)
 
 
 def latest_seq(connection: Connection) -> int:
