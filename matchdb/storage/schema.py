@@ -91,7 +91,7 @@ changes = Table(
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("collection_id", String(36), nullable=False),
-    Column("op", String(16), nullable=False),  # upsert | delete | drop
+    Column("op", String(16), nullable=False),  # upsert | delete | drop | rebuild | pruned (see changes.py)
     Column("record_id", BigInteger, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_changes_collection_id_seq", "collection_id", "seq"),
