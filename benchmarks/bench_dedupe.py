@@ -18,8 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import hashgen
+from benchmarks.bench_index import LinearScan
 from matchdb.dedupe.collect import ORIENTATIONS, HashTable, Source
 from matchdb.dedupe.grouping import group_duplicates
+from matchdb.hashing import NBITS
+from matchdb.index import NumpyTreeIndex
+from matchdb.index.numpy_tree import _words_of_packed
 from matchdb.service.collections import max_bits_within
 
 
@@ -30,7 +34,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ranges", default="bmh1:2,bmh1:10,phash:10", help="kind:range,... to time")
     parser.add_argument("--dihedral", action="store_true", help="8 query hashes per image")
     parser.add_argument("--seed", type=int, default=hashgen.DEFAULT_SEED)
+    parser.add_argument("--baseline-searches", type=int, default=500, help="searches timed against the scan")
     return parser.parse_args(argv)
+
+
+def search_vs_scan(packed: np.ndarray, kind: str, max_bits: int, count: int, seed: int) -> tuple[float, float]:
+    """Median ms of one greedy step's search (all images within ``max_bits`` of one image): the index dedupe uses
+    next to the baseline, issue 6's numpy linear scan of the same hashes. Their answers are checked equal."""
+    nwords = (NBITS[kind] + 63) // 64
+    keys = np.arange(len(packed), dtype=np.int64)
+    index = NumpyTreeIndex(NBITS[kind])
+    index.bulk_load_packed(keys, packed)
+    scan = LinearScan(_words_of_packed(packed, nwords))
+    words = _words_of_packed(packed, nwords)
+    index_ms, scan_ms = [], []
+    for row in np.random.default_rng(seed).integers(0, len(packed), count).tolist():
+        started = time.perf_counter()
+        _, found = index.search_arrays(packed[row], max_bits)
+        index_ms.append(1e3 * (time.perf_counter() - started))
+        started = time.perf_counter()
+        _, expected = scan.search(words[row], max_bits)
+        scan_ms.append(1e3 * (time.perf_counter() - started))
+        if sorted(found.tolist()) != sorted(expected.tolist()):
+            raise SystemExit(f"{kind}: index and scan disagree for image {row}")
+    return float(np.median(index_ms)), float(np.median(scan_ms))
 
 
 def table_of(packed: np.ndarray, kind: str, extra: np.ndarray | None) -> HashTable:
@@ -69,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({removed} duplicates) in {took:.1f} s ({1e3 * took / args.images:.2f} ms per image)",
             flush=True,
         )
+        if args.baseline_searches:
+            index_ms, scan_ms = search_vs_scan(
+                packed, kind, max_bits_within(range_, kind), args.baseline_searches, args.seed
+            )
+            print(
+                f"  one search, median of {args.baseline_searches}: index {index_ms:.3f} ms, numpy linear scan "
+                f"(baseline) {scan_ms:.3f} ms: {scan_ms / index_ms:.1f}x",
+                flush=True,
+            )
     return 0
 
 
