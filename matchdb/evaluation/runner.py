@@ -26,9 +26,9 @@ from matchdb.evaluation.transforms import make_copy
 from matchdb.hashing import Pixels, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.pool import process_pool
+from matchdb.service.ingest import folder_images
 
 #: What ``matchdb eval DIR`` picks up (the extensions ``matchdb ingest`` takes).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".gif", ".bmp"})
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,10 @@ def find_images(root: Path) -> list[Source]:
     """Image files under ``root`` (recursively, hidden files and folders skipped), sorted by relative path so a
     run, and ``--limit``, always picks the same images. A file reached twice (a symlink to another one) counts
     once: two names for one image would be a "distinct" pair at distance 0 and drag every threshold down."""
-    found: list[Source] = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                path = Path(folder, name)
-                found.append(Source(path.relative_to(root).as_posix(), path))
+    found = [Source(key, path) for key, path in folder_images(root)]
     seen: set[str] = set()
     unique = []
-    for source in sorted(found, key=lambda source: source.key):
+    for source in found:
         real = os.path.realpath(source.path)
         if real not in seen:
             seen.add(real)

@@ -90,8 +90,9 @@ def discover(paths: Sequence[Path], unique_ids: bool = True) -> list[Item]:
     return _mark_repeated(items) if unique_ids else items
 
 
-def _folder_items(root: Path) -> list[Item]:
-    """Image files under ``root`` by extension, skipping hidden files and folders (``.git``, macOS ``._x.jpg``)."""
+def folder_images(root: Path) -> list[tuple[str, Path]]:
+    """(path relative to ``root``, path) of the image files under it by extension, sorted by relative path, skipping
+    hidden files and folders (``.git``, macOS ``._x.jpg``). ``matchdb eval`` walks folders with it too."""
     found: list[tuple[str, Path]] = []
     for folder, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -99,8 +100,11 @@ def _folder_items(root: Path) -> list[Item]:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 path = Path(folder, name)
                 found.append((path.relative_to(root).as_posix(), path))
-    found.sort()
-    return [Item(ext_id, str(path), path=path) for ext_id, path in found]
+    return sorted(found)
+
+
+def _folder_items(root: Path) -> list[Item]:
+    return [Item(ext_id, str(path), path=path) for ext_id, path in folder_images(root)]
 
 
 def _csv_items(manifest: Path) -> list[Item]:

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from psycopg import sql
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from matchdb.hashing import NBITS
-from matchdb.storage.schema import records
+from matchdb.storage.records import stream_hashes
 
 BMH1_BYTES = (NBITS["bmh1"] + 7) // 8
 PHASH_BYTES = (NBITS["phash"] + 7) // 8
@@ -55,20 +54,16 @@ def load_hashes(connection: Connection, collection_id: str) -> PackedHashes:
 
 
 def _from_rows(connection: Connection, collection_id: str) -> PackedHashes:
-    result = connection.execution_options(stream_results=True, yield_per=50_000).execute(
-        select(records.c.id, records.c.bmh1, records.c.phash)
-        .where(records.c.collection_id == collection_id)
-        .order_by(records.c.id)
-    )
     keys: list[int] = []
     bmh1: list[bytes] = []
     phash: list[bytes] = []
-    for row_id, first, second in result:
-        if len(first) != BMH1_BYTES or len(second) != PHASH_BYTES:
-            raise ValueError(f"record row {row_id} holds hashes of the wrong length")
-        keys.append(row_id)
-        bmh1.append(first)
-        phash.append(second)
+    for batch in stream_hashes(connection, collection_id):
+        for row_id, first, second in batch:
+            if len(first) != BMH1_BYTES or len(second) != PHASH_BYTES:
+                raise ValueError(f"record row {row_id} holds hashes of the wrong length")
+            keys.append(row_id)
+            bmh1.append(first)
+            phash.append(second)
     return PackedHashes(
         np.array(keys, np.int64),
         np.frombuffer(b"".join(bmh1), np.uint8).reshape(len(keys), BMH1_BYTES),
