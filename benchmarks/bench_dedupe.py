@@ -23,7 +23,7 @@ from matchdb.dedupe.collect import ORIENTATIONS, HashTable, Source
 from matchdb.dedupe.grouping import group_duplicates
 from matchdb.hashing import NBITS
 from matchdb.index import NumpyTreeIndex
-from matchdb.index.numpy_tree import _words_of_packed
+from matchdb.index.kernels import words_of_packed
 from matchdb.service.collections import max_bits_within
 
 
@@ -45,8 +45,8 @@ def search_vs_scan(packed: np.ndarray, kind: str, max_bits: int, count: int, see
     keys = np.arange(len(packed), dtype=np.int64)
     index = NumpyTreeIndex(NBITS[kind])
     index.bulk_load_packed(keys, packed)
-    scan = LinearScan(_words_of_packed(packed, nwords))
-    words = _words_of_packed(packed, nwords)
+    scan = LinearScan(words_of_packed(packed, nwords))
+    words = words_of_packed(packed, nwords)
     index_ms, scan_ms = [], []
     for row in np.random.default_rng(seed).integers(0, len(packed), count).tolist():
         started = time.perf_counter()

@@ -49,7 +49,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import hashgen  # noqa: E402
-from matchdb.index.numpy_tree import NumpyTreeIndex, _Distance  # noqa: E402
+from matchdb.index.kernels import Distance  # noqa: E402
+from matchdb.index.numpy_tree import NumpyTreeIndex  # noqa: E402
 
 Answer = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]  # (bits, keys)
 Query = Callable[[int], Answer]  # query number -> answer
@@ -111,7 +112,7 @@ class LinearScan:
         self.words = words
 
     def distances(self, query: npt.NDArray[np.uint64]) -> npt.NDArray[Any]:
-        return _Distance(query)(self.words)
+        return Distance(query)(self.words)
 
     def search(self, query: npt.NDArray[np.uint64], radius: int) -> Answer:
         bits = self.distances(query)

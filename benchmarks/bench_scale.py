@@ -47,7 +47,7 @@ from benchmarks import hashgen  # noqa: E402
 from benchmarks.bench_index import LinearScan, machine_facts  # noqa: E402
 from matchdb.config import Settings  # noqa: E402
 from matchdb.hashing import NBITS, VisualHash  # noqa: E402
-from matchdb.index.numpy_tree import _words_of_packed  # noqa: E402
+from matchdb.index.kernels import words_of_packed  # noqa: E402
 from matchdb.service.collections import CollectionService, max_bits_within  # noqa: E402
 from matchdb.service.indexes import IndexRegistry  # noqa: E402
 from matchdb.service.records import fetcher_from_settings, loader_from_settings  # noqa: E402
@@ -207,8 +207,8 @@ def measure_knn(
     )
     for kind in hashgen.KINDS:
         nwords = (NBITS[kind] + 63) // 64
-        scan = LinearScan(_words_of_packed(collection.records.packed(kind), nwords))
-        query_words = _words_of_packed(collection.queries.packed(kind), nwords)
+        scan = LinearScan(words_of_packed(collection.records.packed(kind), nwords))
+        query_words = words_of_packed(collection.queries.packed(kind), nwords)
         index = loaded.by_kind[kind]
         for label, k, radius in (("radius 5%", 100, 5.0), ("radius 10%", 100, 10.0), ("k=10", 10, None)):
             max_bits = None if radius is None else max_bits_within(radius, kind)

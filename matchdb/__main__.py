@@ -1,5 +1,5 @@
 """``python -m matchdb`` runs the CLI."""
 
-from matchdb.cli import main
+from matchdb.cli.root import main
 
 main()

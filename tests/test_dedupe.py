@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from matchdb.cli import main
+from matchdb.cli.root import main
 from matchdb.dedupe import DEFAULT_RANGE
 from matchdb.dedupe.collect import ORIENTATIONS, HashTable, Source
 from matchdb.dedupe.grouping import KEEP_POLICIES, Group, KeepPolicy, Member, group_duplicates, keep_order

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from matchdb.cli import main
+from matchdb.cli.root import main
 from matchdb.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

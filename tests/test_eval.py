@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image, ImageEnhance
 
-from matchdb.cli import main
+from matchdb.cli.root import main
 from matchdb.evaluation import baselines, distances, metrics
 from matchdb.evaluation.transforms import NAMES, TRANSFORMS, make_copy
 from matchdb.hashing import NBITS, VisualHash, decode_image, percent
@@ -247,7 +247,7 @@ def test_missing_baseline_package_is_a_clear_error(images: Path, monkeypatch: py
 
 def test_baselines_are_not_imported_with_the_cli() -> None:
     code = (
-        "import sys, matchdb.cli, matchdb.evaluation.pipeline, matchdb.evaluation.report_html; "
+        "import sys, matchdb.cli.root, matchdb.evaluation.pipeline, matchdb.evaluation.report_html; "
         "print(sorted(m for m in ('imagehash', 'pdqhash') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

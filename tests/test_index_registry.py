@@ -158,7 +158,7 @@ def test_pruning_the_change_log(database_url: str) -> None:
 def test_prune_changes_command(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from matchdb.cli import main
+    from matchdb.cli.root import main
 
     url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
     engine = make_engine(url)

@@ -1,7 +1,8 @@
 """NumpyTreeIndex answers exactly what a brute-force scan answers (and, for radius searches, what pybktree's own
 ``find`` answers), for random and clustered hashes with exact duplicates, through deletes, re-adds, replaced
-values and rebuilds. Its size limits are module constants: the tests also shrink them, so that a few hundred
-records already make a deep pivot tree, narrow block tables, a busy delta and every fall-back to a plain scan."""
+values and rebuilds. Its size limits are the constants of ``matchdb.index.tuning``: the tests also shrink them, so
+that a few hundred records already make a deep pivot tree, narrow block tables, a busy delta and every fall-back
+to a plain scan."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from matchdb.index import HammingIndex, Hit, numpy_tree
+from matchdb.index import HammingIndex, Hit, tuning
 from matchdb.index.numpy_tree import NumpyTreeIndex
 from tests.test_index import brute_force, clustered
 
@@ -49,14 +50,14 @@ TUNINGS: dict[str, dict[str, object]] = {
 @contextmanager
 def tuned(name: str) -> Iterator[None]:
     values = TUNINGS[name]
-    old = {key: getattr(numpy_tree, key) for key in values}
+    old = {key: getattr(tuning, key) for key in values}
     for key, value in values.items():
-        setattr(numpy_tree, key, value)
+        setattr(tuning, key, value)
     try:
         yield
     finally:
         for key, value in old.items():
-            setattr(numpy_tree, key, value)
+            setattr(tuning, key, value)
 
 
 def check(index: NumpyTreeIndex, items: dict[int, int], rng: random.Random, queries: int = 4) -> None:
@@ -225,10 +226,10 @@ def test_delta_and_tombstones_are_merged_automatically() -> None:
         for key in range(100, 200):
             index.add(key, key * 7919)
         snap = index._snap
-        assert snap.delta_count <= numpy_tree.DELTA_MIN  # the delta was merged into the tree on the way
+        assert snap.delta_count <= tuning.DELTA_MIN  # the delta was merged into the tree on the way
         for key in range(150):
             index.remove(key)
-        assert index.tombstones <= max(numpy_tree.DELTA_MIN, numpy_tree.DEAD_SHARE * index._snap.tree.size) + 1
+        assert index.tombstones <= max(tuning.DELTA_MIN, tuning.DEAD_SHARE * index._snap.tree.size) + 1
         assert len(index) == 50
         items = {key: key * 7919 for key in range(150, 200)}
         assert index.nearest(0, 60) == brute_force(items, 0)[:60]

@@ -1,6 +1,6 @@
 """Inputs of ``matchdb dedupe`` and their hashes: which images, and one row of arrays per image.
 
-Inputs are found with :func:`matchdb.service.ingest.discover` (folders, image files, CSV/JSONL manifests), plus what
+Inputs are found with :func:`matchdb.service.inputs.discover` (folders, image files, CSV/JSONL manifests), plus what
 a folder dedupe also meets: URLs given as arguments and ``.txt`` lists (one path or URL a line). Each argument is
 discovered on its own, because ingest's rule that an ``_id`` is unique does not apply here: two folders may both
 hold ``a.jpg``. What must be unique is the file itself: the same file reached twice would match itself at distance
@@ -32,7 +32,7 @@ from matchdb.hashing import decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.hashing.value import packed_size
 from matchdb.pool import process_pool
-from matchdb.service.ingest import discover
+from matchdb.service.inputs import discover
 from matchdb.service.records import fetcher_from_settings
 
 URL_SCHEMES = ("http://", "https://")

@@ -26,7 +26,7 @@ from matchdb.evaluation.transforms import make_copy
 from matchdb.hashing import Pixels, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.pool import process_pool
-from matchdb.service.ingest import folder_images
+from matchdb.service.inputs import folder_images
 
 #: What ``matchdb eval DIR`` picks up (the extensions ``matchdb ingest`` takes).
 

@@ -2,9 +2,7 @@
 
 The steps are separate functions so each can be tested and reasoned about alone:
 
-* :func:`discover` turns the command line's paths into :class:`Item` values in a deterministic order (the order
-  decides insertion order, hence how ties rank in visualKNN), marking rows that cannot work (no ``_url`` nor
-  ``_file``, a repeated ``_id``) as failed items instead of raising, so one bad row never stops an ingest.
+* :func:`matchdb.service.inputs.discover` turns the command line's paths into :class:`Item` values.
 * :func:`run_ingest` looks up what is stored already (by ``_id``), reads files and checksums them in worker
   processes, hashes only images whose checksum changed, downloads URLs in this process (asyncio, bounded), and
   writes in batches, each batch one transaction. A rerun therefore costs one read and one SHA-256 per file.
@@ -17,160 +15,30 @@ twice. Only downloaded bytes (which exist in this process anyway) are sent to a 
 from __future__ import annotations
 
 import asyncio
-import csv
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 from sqlalchemy import Engine
 
 from matchdb.config import Settings
 from matchdb.errors import MatchdbError
 from matchdb.fetch import Fetcher
-from matchdb.hashing import HASH_TYPES, VisualHash, hash_image
-from matchdb.service.collections import COMPUTED, max_bits_within, merge_hits, public_record
-from matchdb.service.indexes import IndexRegistry
+from matchdb.hashing import HASH_TYPES, hash_image
+from matchdb.service.inputs import Item
 from matchdb.service.records import fetcher_from_settings
-from matchdb.service.stateless import shown_distance
-from matchdb.storage import collections as collection_store
-from matchdb.storage.records import NewRecord, StoredRecord, get_by_row_ids, get_records, upsert_records
-from matchdb.storage.tokens import DEFAULT_WORKSPACE
+from matchdb.storage.records import NewRecord, StoredRecord, get_records, upsert_records
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".gif", ".bmp"})
 _LOOKUP_CHUNK = 500  # _id values per stored-state query
 
 Status = Literal["new", "updated", "unchanged", "failed"]
-
-
-# --- discovery ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image to ingest: where its bytes come from (``path`` or else ``url``) and what to store with it.
-
-    ``error`` is set for rows known to be unusable before any I/O; they flow through the pipeline like the others
-    so the report and the counts stay in one place. ``source`` is what a report shows to find the item again.
-    """
-
-    ext_id: str
-    source: str
-    path: Path | None = None
-    url: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def discover(paths: Sequence[Path], unique_ids: bool = True) -> list[Item]:
-    """Every item behind ``paths`` (folders, image files, ``.csv``/``.jsonl`` manifests), in argument order.
-
-    A folder's images are sorted by their path relative to it, which is also their ``_id``; a single image file is
-    identified by its name; manifest rows by ``_id``, else ``_file`` (relative to the manifest), else ``_url``.
-    With ``unique_ids`` (ingest: one record per ``_id``) a repeated ``_id`` is an error; ``dedupe`` has no records.
-    """
-    items: list[Item] = []
-    for path in paths:
-        suffix = path.suffix.lower()
-        if path.is_dir():
-            items.extend(_folder_items(path))
-        elif suffix == ".csv":
-            items.extend(_csv_items(path))
-        elif suffix == ".jsonl":
-            items.extend(_jsonl_items(path))
-        else:  # named explicitly, so taken whatever its extension
-            items.append(Item(path.name, str(path), path=path))
-    return _mark_repeated(items) if unique_ids else items
-
-
-def folder_images(root: Path) -> list[tuple[str, Path]]:
-    """(path relative to ``root``, path) of the image files under it by extension, sorted by relative path, skipping
-    hidden files and folders (``.git``, macOS ``._x.jpg``). ``matchdb eval`` walks folders with it too."""
-    found: list[tuple[str, Path]] = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                path = Path(folder, name)
-                found.append((path.relative_to(root).as_posix(), path))
-    return sorted(found)
-
-
-def _folder_items(root: Path) -> list[Item]:
-    return [Item(ext_id, str(path), path=path) for ext_id, path in folder_images(root)]
-
-
-def _csv_items(manifest: Path) -> list[Item]:
-    try:
-        with manifest.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = [
-                (reader.line_num, {k: v for k, v in row.items() if k is not None and v is not None}) for row in reader
-            ]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return [Item("", str(manifest), error=f"cannot read manifest: {exc}")]
-    return [_manifest_item(row, manifest, line) for line, row in rows]
-
-
-def _jsonl_items(manifest: Path) -> list[Item]:
-    try:
-        lines = manifest.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        return [Item("", str(manifest), error=f"cannot read manifest: {exc}")]
-    items: list[Item] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            items.append(Item("", f"{manifest}:{number}", error=f"invalid JSON: {exc}"))
-            continue
-        if not isinstance(row, dict):
-            items.append(Item("", f"{manifest}:{number}", error="a manifest line must be a JSON object"))
-            continue
-        items.append(_manifest_item(row, manifest, number))
-    return items
-
-
-def _manifest_item(row: dict[str, Any], manifest: Path, line: int) -> Item:
-    """One manifest row; with both ``_file`` and ``_url`` the local file is read and the URL kept as the source."""
-    attributes = {k: v for k, v in row.items() if k not in COMPUTED}
-    given_id = row.get("_id")
-    ext_id = "" if given_id is None or given_id == "" else str(given_id)
-    file_value, url = row.get("_file"), row.get("_url")
-    if url is not None and not isinstance(url, str):
-        return Item(ext_id, f"{manifest}:{line}", error="_url must be a string")
-    url = url or None
-    if file_value not in (None, ""):
-        if not isinstance(file_value, str):
-            return Item(ext_id, f"{manifest}:{line}", error="_file must be a string")
-        relative = Path(file_value)
-        path = relative if relative.is_absolute() else manifest.parent / relative
-        return Item(ext_id or relative.as_posix(), str(path), path=path, url=url, attributes=attributes)
-    if url is not None:
-        return Item(ext_id or url, url, url=url, attributes=attributes)
-    return Item(ext_id, f"{manifest}:{line}", error="the row has neither _url nor _file")
-
-
-def _mark_repeated(items: list[Item]) -> list[Item]:
-    """A second item with an ``_id`` already seen fails: storing both would silently keep only the last one."""
-    first_source: dict[str, str] = {}
-    out: list[Item] = []
-    for item in items:
-        if item.error is None and item.ext_id in first_source:
-            item = Item(item.ext_id, item.source, error=f"_id repeated (first given to {first_source[item.ext_id]})")
-        elif item.error is None:
-            first_source[item.ext_id] = item.source
-        out.append(item)
-    return out
 
 
 # --- hashing (runs in worker processes) ----------------------------------------------------------------------------
@@ -446,63 +314,3 @@ class FailureReport:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-# --- collections and queries for the CLI ----------------------------------------------------------------------------
-
-
-class CollectionNotFound(MatchdbError):
-    """No collection (or more than one, across workspaces) answers to the name or id given."""
-
-
-def resolve_collection(
-    engine: Engine, workspace: str | None, key: str, create: bool = False
-) -> tuple[collection_store.CollectionInfo, bool]:
-    """The collection named (or with id) ``key``, searched in ``workspace`` or in every workspace if None; created
-    in ``workspace`` (default workspace if None) when missing and ``create``. Also says whether it was created."""
-    with engine.begin() as connection:
-        found = collection_store.find_collection(connection, workspace, key)
-        if found is not None:
-            return found, False
-        matches = [c for c in collection_store.list_collections(connection, workspace) if key in (c.id, c.name)]
-        if len(matches) > 1:
-            places = ", ".join(sorted(c.workspace for c in matches))
-            raise CollectionNotFound(
-                f"{len(matches)} collections are named {key!r} (workspaces {places}): give --workspace or the id"
-            )
-        if not create:
-            where = f" in workspace {workspace!r}" if workspace is not None else ""
-            raise CollectionNotFound(f"no collection {key!r}{where} (pass --create to create it)")
-        return collection_store.create_collection(connection, workspace or DEFAULT_WORKSPACE, key), True
-
-
-def nearest_records(
-    engine: Engine,
-    registry: IndexRegistry,
-    collection_id: str,
-    queries: Sequence[VisualHash],
-    k: int,
-    radius: float | None = None,
-) -> list[dict[str, Any]]:
-    """The ``k`` stored records nearest to the query (within ``radius`` percent if given), nearest first, each as
-    ``{"_id", "distance", "hamming", ...attributes}``. Ties are ordered by insertion order, as in visualKNN.
-    ``queries`` holds one hash, or the hashes of the query's orientations (a record keeps its smallest distance)."""
-    query = queries[0]
-    index = registry.get(collection_id).by_kind[query.kind]
-    max_bits = None if radius is None else max_bits_within(radius, query.kind)
-    hits = merge_hits([index.nearest(q.as_int(), k, max_bits) for q in queries], k)
-    with engine.connect() as connection:
-        stored = get_by_row_ids(connection, [hit.key for hit in hits])
-    answers: list[dict[str, Any]] = []
-    for hit in hits:
-        record = stored.get(hit.key)
-        if record is not None:
-            public = public_record(record)
-            answers.append(
-                {"_id": public.pop("_id"), "distance": _shown(hit.bits, query), "hamming": hit.bits, **public}
-            )
-    return answers
-
-
-def _shown(bits: int, query: VisualHash) -> float:
-    return shown_distance(bits, query.kind)

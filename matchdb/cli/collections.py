@@ -9,43 +9,21 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy import Engine
 
-from matchdb.cli import _settings, main
-from matchdb.config import Settings
+from matchdb.cli.common import WORKSPACE_HELP, load_settings, open_engine, resolve_collection
 from matchdb.errors import ImageError
 from matchdb.hashing import HASH_TYPES, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.pool import process_pool
 from matchdb.storage import collections as collection_store
-from matchdb.storage.database import make_engine, upgrade
 from matchdb.storage.tokens import DEFAULT_WORKSPACE
 
 # matchdb.service.ingest (httpx, starlette, tqdm) is imported inside the commands that use it, so every other
 # command starts as fast as before.
 _DEFAULT_REPORT = "matchdb-ingest-failures.jsonl"
-_WORKSPACE_HELP = "Workspace of the collection (default: search every workspace)."
 
 
-def _engine(settings: Settings) -> Engine:
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    return engine
-
-
-def _resolve(engine: Engine, workspace: str | None, key: str, create: bool = False) -> collection_store.CollectionInfo:
-    from matchdb.service import ingest as service
-
-    try:
-        info, created = service.resolve_collection(engine, workspace, key, create)
-    except service.CollectionNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
-    if created:
-        click.echo(f"created collection {info.name!r} ({info.id}) in workspace {info.workspace!r}", err=True)
-    return info
-
-
-@main.group()
+@click.group()
 def collection() -> None:
     """Manage collections (persistent sets of hashed images)."""
 
@@ -55,7 +33,7 @@ def collection() -> None:
 @click.option("--workspace", default=DEFAULT_WORKSPACE, show_default=True)
 def collection_create(name: str, workspace: str) -> None:
     """Create collection NAME and print its id."""
-    with _engine(_settings()).begin() as connection:
+    with open_engine(load_settings()).begin() as connection:
         try:
             info = collection_store.create_collection(connection, workspace, name)
         except (collection_store.CollectionExists, ValueError) as exc:
@@ -68,7 +46,7 @@ def collection_create(name: str, workspace: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 def collection_list(workspace: str | None, as_json: bool) -> None:
     """List collections: id, name, workspace and record count."""
-    with _engine(_settings()).connect() as connection:
+    with open_engine(load_settings()).connect() as connection:
         infos = collection_store.list_collections(connection, workspace)
     for info in infos:
         if as_json:
@@ -80,12 +58,12 @@ def collection_list(workspace: str | None, as_json: bool) -> None:
 
 @collection.command("delete")
 @click.argument("key", metavar="NAME|ID")
-@click.option("--workspace", default=None, help=_WORKSPACE_HELP)
+@click.option("--workspace", default=None, help=WORKSPACE_HELP)
 @click.option("--yes", is_flag=True, help="Really delete the collection and all its records.")
 def collection_delete(key: str, workspace: str | None, yes: bool) -> None:
     """Delete a collection and every record in it (there is no undo, hence --yes)."""
-    engine = _engine(_settings())
-    info = _resolve(engine, workspace, key)
+    engine = open_engine(load_settings())
+    info = resolve_collection(engine, workspace, key)
     if not yes:
         raise click.ClickException(f"not deleting collection {info.name!r} ({info.record_count} records) without --yes")
     with engine.begin() as connection:
@@ -93,10 +71,10 @@ def collection_delete(key: str, workspace: str | None, yes: bool) -> None:
     click.echo(f"deleted collection {info.name!r} ({info.id}, {info.record_count} records)")
 
 
-@main.command("ingest")
+@click.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", "key", required=True, metavar="NAME|ID", help="The collection to ingest into.")
-@click.option("--workspace", default=None, help=_WORKSPACE_HELP)
+@click.option("--workspace", default=None, help=WORKSPACE_HELP)
 @click.option("--create", is_flag=True, help="Create the collection if it does not exist.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Hashing processes [default: CPUs].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True, help="Records per write.")
@@ -125,13 +103,14 @@ def ingest_command(
     from tqdm import tqdm
 
     from matchdb.service import ingest as service
+    from matchdb.service.inputs import discover
 
-    settings = _settings()
-    items = service.discover(paths)
+    settings = load_settings()
+    items = discover(paths)
     workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
     with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
-        engine = _engine(settings)
-        info = _resolve(engine, workspace, key, create)
+        engine = open_engine(settings)
+        info = resolve_collection(engine, workspace, key, create)
         with (
             tqdm(total=len(items), unit="img", file=sys.stderr, disable=None, dynamic_ncols=True) as bar,
             service.FailureReport(report) as failures,
@@ -153,10 +132,10 @@ def ingest_command(
         sys.exit(1)
 
 
-@main.command("query")
+@click.command("query")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--collection", "key", required=True, metavar="NAME|ID", help="The collection to search.")
-@click.option("--workspace", default=None, help=_WORKSPACE_HELP)
+@click.option("--workspace", default=None, help=WORKSPACE_HELP)
 @click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="Answers per image.")
 @click.option("--radius", type=click.FloatRange(min=0), default=None, help="Only answers within PERCENT distance.")
 @click.option("--hash-type", type=click.Choice(HASH_TYPES), default="bmh1", show_default=True)
@@ -175,12 +154,12 @@ def query_command(
     as_json: bool,
 ) -> None:
     """Print the K stored records nearest to each image file. The exit status is 1 if any image failed."""
-    from matchdb.service import ingest as service
     from matchdb.service.indexes import IndexRegistry
+    from matchdb.service.lookup import nearest_records
 
-    settings = _settings()
-    engine = _engine(settings)
-    info = _resolve(engine, workspace, key)
+    settings = load_settings()
+    engine = open_engine(settings)
+    info = resolve_collection(engine, workspace, key)
     registry = IndexRegistry(engine)
     failed = 0
     for path in images:
@@ -193,7 +172,7 @@ def query_command(
             error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             click.echo(json.dumps({"file": str(path), "error": error}) if as_json else f"{path}: {error}")
             continue
-        answers = service.nearest_records(engine, registry, info.id, queries, k, radius)
+        answers = nearest_records(engine, registry, info.id, queries, k, radius)
         if as_json:
             click.echo(json.dumps({"file": str(path), "answers": answers}))
             continue

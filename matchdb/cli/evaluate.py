@@ -13,13 +13,13 @@ from pathlib import Path
 
 import click
 
-from matchdb.cli import _settings, main
+from matchdb.cli.common import load_settings
 from matchdb.evaluation.baselines import BASELINES
 from matchdb.evaluation.transforms import NAMES as TRANSFORM_NAMES
 from matchdb.hashing import HASH_TYPES
 
 
-@main.command("eval")
+@click.command("eval")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--groups",
@@ -88,7 +88,7 @@ def eval_command(
     from matchdb.evaluation.groups import GroupsError
     from matchdb.evaluation.runner import Plan
 
-    settings = _settings()
+    settings = load_settings()
     for option, path in (("--json", json_path), ("--html", html_path)):
         if path is not None and str(path) != "-" and not path.absolute().parent.is_dir():
             raise click.BadParameter(f"folder {path.absolute().parent} does not exist", param_hint=option)

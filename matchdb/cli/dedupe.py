@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from matchdb.cli import _settings, main
+from matchdb.cli.common import load_settings
 from matchdb.hashing import HASH_TYPES
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 _KEEP = ("largest", "oldest", "first")
 
 
-@main.command("dedupe")
+@click.command("dedupe")
 @click.argument("inputs", nargs=-1, required=True, metavar="PATH|URL...")
 @click.option(
     "--range",
@@ -81,7 +81,7 @@ def dedupe_command(
         raise click.UsageError("--json and --csv are exclusive")
     if html_path is not None and not html_path.absolute().parent.is_dir():  # before anything is moved
         raise click.BadParameter(f"folder {html_path.absolute().parent} does not exist", param_hint="--html")
-    settings = _settings()
+    settings = load_settings()
     limit = service.DEFAULT_RANGE[hash_type] if range_ is None else range_
     try:
         sources, repeated = service.collect_sources(inputs, exclude=move_to)

@@ -1,0 +1,57 @@
+"""``matchdb serve``: migrate once, then run the API under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+
+from matchdb.cli.common import load_settings
+from matchdb.storage import tokens as token_store
+from matchdb.storage.database import make_engine, upgrade
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
+@click.option(
+    "--insecure-open",
+    is_flag=True,
+    help="Allow serving a non-loopback address while no API token exists (anyone who can connect gets in).",
+)
+def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
+    """Serve the Ximilar-compatible API with uvicorn.
+
+    The database schema is brought up to date first, once, before any worker starts; MATCHDB_BOOTSTRAP_TOKEN is
+    created if missing. Without any token the API is open, which is only allowed on a loopback address.
+    """
+    settings = load_settings()
+    if settings.bootstrap_token and len(settings.bootstrap_token) < token_store.MIN_TOKEN_LENGTH:
+        raise click.UsageError(f"MATCHDB_BOOTSTRAP_TOKEN must have at least {token_store.MIN_TOKEN_LENGTH} characters")
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    with engine.begin() as connection:
+        if settings.bootstrap_token:
+            token_store.ensure_token(connection, settings.bootstrap_token)
+        tokens_exist = token_store.any_token_ever(connection)
+    engine.dispose()
+    if not tokens_exist and not _is_loopback(host) and not insecure_open:
+        raise click.UsageError(
+            f"refusing to serve {host} with no API token: create one (matchdb token create), set "
+            "MATCHDB_BOOTSTRAP_TOKEN, or pass --insecure-open"
+        )
+    if not tokens_exist:
+        click.echo("matchdb: no API token exists, the API is open to anyone who can connect", err=True)
+    from matchdb.web import server
+
+    server.run(host, port, workers)

@@ -1,0 +1,55 @@
+"""``matchdb token``: create, list and revoke API tokens."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from matchdb.cli.common import load_settings, open_engine
+from matchdb.storage import tokens as token_store
+
+
+@click.group()
+def token() -> None:
+    """Manage API tokens (stored hashed; a token is shown once, when created)."""
+
+
+@token.command("create")
+@click.option("--workspace", default=token_store.DEFAULT_WORKSPACE, show_default=True)
+@click.option("--read-only", is_flag=True, help="The token may read but not write.")
+@click.option("--note", default="", help="A note to recognise the token by in `matchdb token list`.")
+def token_create(workspace: str, read_only: bool, note: str) -> None:
+    """Create a token and print it (the only time it is shown)."""
+    with open_engine(load_settings()).begin() as connection:
+        value, info = token_store.create_token(connection, workspace, read_only, note)
+    click.echo(value)
+    click.echo(f"token {info.id} for workspace {info.workspace!r}{' (read-only)' if read_only else ''}", err=True)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def token_list(as_json: bool) -> None:
+    """List tokens (id, prefix, workspace, rights, state), never the tokens themselves."""
+    with open_engine(load_settings()).connect() as connection:
+        infos = token_store.list_tokens(connection)
+    for info in infos:
+        state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
+        rights = "read-only" if info.read_only else "read-write"
+        if as_json:
+            row = {"id": info.id, "prefix": info.prefix, "workspace": info.workspace, "read_only": info.read_only}
+            click.echo(json.dumps({**row, "state": state, "note": info.note}))
+        else:
+            click.echo(f"{info.id:>4}  {info.prefix}...  {info.workspace:<16} {rights:<10} {state:<24} {info.note}")
+
+
+@token.command("revoke")
+@click.argument("key")
+def token_revoke(key: str) -> None:
+    """Revoke the token with id or prefix KEY."""
+    with open_engine(load_settings()).begin() as connection:
+        count = token_store.revoke_token(connection, key)
+    if count <= 0:
+        reason = "no active token matches" if count == 0 else f"{-count} active tokens match; give more of the prefix"
+        raise click.ClickException(f"{reason} {key!r}")
+    click.echo(f"revoked {count} token")

@@ -1,0 +1,102 @@
+"""Array kernels shared by building and searching the numpy tree: hashes as uint64 words, vectorised Hamming
+distances, and two index helpers (first occurrences, concatenated ranges)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from matchdb.index import tuning
+
+Words = npt.NDArray[np.uint64]
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+Counts = npt.NDArray[Any]  # distances: uint8, uint16 or uint64 depending on the hash length
+
+_LANES = np.uint64(0x00FF00FF00FF00FF)
+_SUM_LANES = np.uint64(0x0001000100010001)
+
+
+def words_of_packed(packed: npt.NDArray[np.uint8], nwords: int) -> Words:
+    """(n, nbytes) little-endian packed hashes -> C-contiguous (n, nwords) uint64 (zero padded)."""
+    n, nbytes = packed.shape
+    if nbytes == nwords * 8:
+        return np.ascontiguousarray(packed).view("<u8").astype(np.uint64, copy=False).reshape(n, nwords)
+    padded = np.zeros((n, nwords * 8), np.uint8)
+    padded[:, :nbytes] = packed
+    return padded.view("<u8").astype(np.uint64, copy=False).reshape(n, nwords)
+
+
+class Distance:
+    """Hamming distances from one query to many rows, vectorised and in cache-sized chunks.
+
+    ``rows ^ q`` with ``q`` broadcast along a short last axis runs numpy's inner loop 16 words at a time; XOR
+    against a tiled copy of ``q`` on the flattened rows is several times faster. Per-row sums of the byte counts
+    are done with SWAR on uint64 lanes when ``nwords`` is a multiple of 8 (bmh1: 16 words), again to avoid a
+    reduction along a short axis.
+    """
+
+    def __init__(self, query: Words) -> None:
+        self.nwords = len(query)
+        self.scalar = query[0]
+        self.tiled = np.tile(query, tuning.CHUNK_ROWS) if self.nwords > 1 else query
+
+    def __call__(self, rows: Words) -> Counts:
+        """Distances of each row of ``rows`` ((m, nwords) C-contiguous) as an unsigned int array of length m."""
+        m = len(rows)
+        if self.nwords == 1:
+            column = rows[:, 0]
+            if m <= tuning.WORD_CHUNK_ROWS:
+                counted: Counts = np.bitwise_count(column ^ self.scalar)
+                return counted
+            counts = np.empty(m, np.uint8)
+            buffer = np.empty(tuning.WORD_CHUNK_ROWS, np.uint64)
+            for start in range(0, m, tuning.WORD_CHUNK_ROWS):
+                part = buffer[: min(tuning.WORD_CHUNK_ROWS, m - start)]
+                np.bitwise_xor(column[start : start + len(part)], self.scalar, out=part)
+                np.bitwise_count(part, out=counts[start : start + len(part)])
+            return counts
+        out = np.empty(m, np.uint16)
+        for start in range(0, m, tuning.CHUNK_ROWS):
+            block = rows[start : start + tuning.CHUNK_ROWS]
+            out[start : start + len(block)] = self._block(block)
+        return out
+
+    def _block(self, block: Words) -> Counts:
+        count = len(block)
+        flat = block.reshape(-1) ^ self.tiled[: count * self.nwords]
+        bytes_ = np.bitwise_count(flat).astype(np.uint8, copy=False)
+        if self.nwords % 8:
+            summed: Counts = bytes_.reshape(count, self.nwords).sum(axis=1, dtype=np.uint16)
+            return summed
+        lanes = bytes_.view(np.uint64)
+        pairs = (lanes & _LANES) + ((lanes >> np.uint64(8)) & _LANES)  # four 16-bit lanes per word
+        per_row = pairs.reshape(count, self.nwords // 8).sum(axis=1, dtype=np.uint64)
+        added: Counts = (per_row * _SUM_LANES) >> np.uint64(48)  # add the four lanes
+        return added
+
+
+def first_of_each(values: Ints) -> Ints:
+    """Index of the first occurrence of each distinct value, in increasing order of the values.
+
+    Sort-based: ``np.unique(..., return_index=True)`` is several times slower on these arrays with numpy 2.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    fresh = np.empty(len(ordered), np.bool_)
+    fresh[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=fresh[1:])
+    first: Ints = order[fresh]
+    return first
+
+
+def runs(starts: Ints, ends: Ints) -> Ints:
+    """Concatenate ``arange(starts[i], ends[i])`` for every i, without a Python loop."""
+    counts = ends - starts
+    if not len(counts):
+        return np.empty(0, np.int64)
+    total = np.cumsum(counts)
+    out: Ints = np.arange(int(total[-1]), dtype=np.int64) + np.repeat(starts - total + counts, counts)
+    return out

@@ -1,0 +1,23 @@
+"""The numpy tree's size limits and thresholds, in one module so that tests (and future tuning) can change them.
+
+Every module of the tree reads them as ``tuning.NAME`` at call time, never by ``from ... import``, so a changed
+value takes effect everywhere. Break-even points were measured on a 2-core AMD EPYC with
+``benchmarks/bench_index.py``.
+"""
+
+FANOUT = 16  # at most this many children per inner node (fewer when the distances do not spread)
+LEAF_SIZE = 48  # target records per leaf
+FIRST_LEAVES = 2048  # k nearest: records in the first leaves scanned, to tighten the radius early
+BLOCK_BITS = 16  # bits per block of a one-word hash (at most; about log2(n), and at least 8)
+CHUNK_ROWS = 4096  # rows per vectorised distance step: temporaries stay in the CPU cache ...
+WORD_CHUNK_ROWS = 65536  # ... (for one-word hashes)
+LINEAR_SHARE = 0.3  # scan everything when the pivot tree keeps more than this share of the records ...
+LEAF_SCAN_SHARE = 0.85  # ... or its leaves, before their per-record filter, hold more than this share ...
+BLOCK_LINEAR_SHARE = 0.1  # ... or the block tables this share (reading a bucket row costs more than scanning one)
+# Below these many records a plain scan answers (radius search, k nearest): the filters' fixed cost is larger
+# there. Measured break-even points on a 2-core AMD EPYC (benchmarks/bench_index.py data, subsets).
+SMALL_BLOCKS = (30_000, 150_000)
+SMALL_PIVOTS = (3_000, 100_000)
+DELTA_MIN = 2048  # the delta may always hold this many records before a rebuild ...
+DELTA_SHARE = 1 / 32  # ... or this share of the tree
+DEAD_SHARE = 0.25  # rebuild once this share of the tree is tombstones

@@ -1,0 +1,75 @@
+"""Collections and queries for the commands that work on the database directly (``matchdb ingest``, ``query``,
+``collection delete``): find a collection by name or id, and the stored records nearest to an image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+
+from matchdb.errors import MatchdbError
+from matchdb.hashing import VisualHash
+from matchdb.service.collections import max_bits_within, merge_hits, public_record
+from matchdb.service.indexes import IndexRegistry
+from matchdb.service.stateless import shown_distance
+from matchdb.storage import collections as collection_store
+from matchdb.storage.records import get_by_row_ids
+from matchdb.storage.tokens import DEFAULT_WORKSPACE
+
+
+class CollectionNotFound(MatchdbError):
+    """No collection (or more than one, across workspaces) answers to the name or id given."""
+
+
+def resolve_collection(
+    engine: Engine, workspace: str | None, key: str, create: bool = False
+) -> tuple[collection_store.CollectionInfo, bool]:
+    """The collection named (or with id) ``key``, searched in ``workspace`` or in every workspace if None; created
+    in ``workspace`` (default workspace if None) when missing and ``create``. Also says whether it was created."""
+    with engine.begin() as connection:
+        found = collection_store.find_collection(connection, workspace, key)
+        if found is not None:
+            return found, False
+        matches = [c for c in collection_store.list_collections(connection, workspace) if key in (c.id, c.name)]
+        if len(matches) > 1:
+            places = ", ".join(sorted(c.workspace for c in matches))
+            raise CollectionNotFound(
+                f"{len(matches)} collections are named {key!r} (workspaces {places}): give --workspace or the id"
+            )
+        if not create:
+            where = f" in workspace {workspace!r}" if workspace is not None else ""
+            raise CollectionNotFound(f"no collection {key!r}{where} (pass --create to create it)")
+        return collection_store.create_collection(connection, workspace or DEFAULT_WORKSPACE, key), True
+
+
+def nearest_records(
+    engine: Engine,
+    registry: IndexRegistry,
+    collection_id: str,
+    queries: Sequence[VisualHash],
+    k: int,
+    radius: float | None = None,
+) -> list[dict[str, Any]]:
+    """The ``k`` stored records nearest to the query (within ``radius`` percent if given), nearest first, each as
+    ``{"_id", "distance", "hamming", ...attributes}``. Ties are ordered by insertion order, as in visualKNN.
+    ``queries`` holds one hash, or the hashes of the query's orientations (a record keeps its smallest distance)."""
+    query = queries[0]
+    index = registry.get(collection_id).by_kind[query.kind]
+    max_bits = None if radius is None else max_bits_within(radius, query.kind)
+    hits = merge_hits([index.nearest(q.as_int(), k, max_bits) for q in queries], k)
+    with engine.connect() as connection:
+        stored = get_by_row_ids(connection, [hit.key for hit in hits])
+    answers: list[dict[str, Any]] = []
+    for hit in hits:
+        record = stored.get(hit.key)
+        if record is not None:
+            public = public_record(record)
+            answers.append(
+                {"_id": public.pop("_id"), "distance": _shown(hit.bits, query), "hamming": hit.bits, **public}
+            )
+    return answers
+
+
+def _shown(bits: int, query: VisualHash) -> float:
+    return shown_distance(bits, query.kind)
