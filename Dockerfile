@@ -1,7 +1,9 @@
 # matchdb service image. Build: docker build -t matchdb .   Run: see docker-compose.yml.
+# Without docker-compose's Postgres it keeps its SQLite file in the /data volume (where earlier images kept it).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    MATCHDB_DATABASE_URL=sqlite:////data/matchdb.sqlite3
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY matchdb ./matchdb

@@ -10,20 +10,51 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any, get_type_hints
+
+import platformdirs
 
 from matchdb.errors import ConfigError
 from matchdb.hashing.decode import DEFAULT_MAX_PIXELS
 
-DEFAULT_DATABASE_URL = "sqlite:///matchdb.sqlite3"
+#: The file name of the embedded database, in the user's data directory (and, before 0.2, in the working directory).
+DATABASE_FILE = "matchdb.sqlite3"
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DefaultDatabase:
+    """Where the embedded database is when ``MATCHDB_DATABASE_URL`` is not set, and whether that is an old
+    ``./matchdb.sqlite3`` in the working directory (used so that nobody loses data on upgrade)."""
+
+    url: str
+    path: Path
+    legacy: bool
+
+
+def data_dir() -> Path:
+    """The user's matchdb folder (``~/.local/share/matchdb`` on Linux): the default database and reports live there."""
+    return Path(platformdirs.user_data_dir("matchdb", appauthor=False))
+
+
+def default_database(cwd: Path | None = None) -> DefaultDatabase:
+    """One SQLite file per user, whatever folder a command runs from: ``<user data dir>/matchdb.sqlite3``
+    (``~/.local/share/matchdb`` on Linux, ``$XDG_DATA_HOME`` respected). An existing ``matchdb.sqlite3`` in ``cwd``
+    (the default before the data directory) wins, so an upgrade never hides a user's collections."""
+    legacy = (cwd or Path.cwd()) / DATABASE_FILE
+    if legacy.is_file():
+        path, is_legacy = legacy.resolve(), True
+    else:
+        path, is_legacy = data_dir() / DATABASE_FILE, False
+    return DefaultDatabase(f"sqlite:///{path}", path, is_legacy)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every operator setting; each field is read from ``MATCHDB_<FIELD NAME IN UPPER CASE>``."""
 
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = ""  # empty: default_database()
     bootstrap_token: str = ""
     max_records: int = 100
     max_body_bytes: int = 64 * MIB
@@ -51,6 +82,8 @@ class Settings:
                 continue
             values[field.name] = _parse(name, raw.strip(), hints[field.name])
         settings = replace(cls(**values), **overrides)
+        if not settings.database_url:
+            settings = replace(settings, database_url=default_database().url)
         settings.validate()
         return settings
 

@@ -47,6 +47,20 @@ def corpus() -> list[CorpusImage]:
     return images
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The per-user default database lives under $XDG_DATA_HOME: point it at a temporary folder for the whole run
+    (subprocesses inherit it), so no test reads or writes the real user's matchdb database."""
+    home = tmp_path_factory.mktemp("xdg-data")
+    old = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["XDG_DATA_HOME"]
+    else:
+        os.environ["XDG_DATA_HOME"] = old
+
+
 # In CI (MATCHDB_TEST_STRICT=1) every test must run: a skip means a resource CI should provide is missing.
 _skipped: list[str] = []
 

@@ -137,6 +137,43 @@ def test_groups_and_keep_policies(folder: Path, keep: str, expected: set[tuple[s
     assert document["summary"]["dry_run"] is True and document["failed"] == []
 
 
+def _jpeg_with_camera(image: Image.Image, quality: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS 5D"  # Make, Model
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality, exif=exif)
+    return out.getvalue()
+
+
+def test_keep_largest_prefers_the_original_and_says_why(tmp_path: Path) -> None:
+    """Same pixels everywhere: a colour camera JPEG beats a larger greyscale PNG copy, a larger colour PNG copy and
+    a JPEG without camera tags; each group says which criterion decided."""
+    a, b, c = (_base(seed) for seed in (611, 622, 633))
+    files = {
+        "a-grey-copy.png": encode(a.convert("L"), "PNG"),
+        "a-original.jpg": encode(a, "JPEG", quality=80),
+        "b-copy.png": encode(b, "PNG"),
+        "b-original.jpg": encode(b, "JPEG", quality=80),
+        "c-exported.jpg": encode(c, "JPEG", quality=95),
+        "c-original.jpg": _jpeg_with_camera(c, 80),
+    }
+    assert len(files["a-grey-copy.png"]) > len(files["a-original.jpg"])  # bytes alone would keep the copy
+    assert len(files["b-copy.png"]) > len(files["b-original.jpg"])
+    assert len(files["c-exported.jpg"]) > len(files["c-original.jpg"])
+    root = write_folder(tmp_path / "photos", files)
+    document = run_json(root.as_posix(), "--range", RANGE)
+    kept = {Path(g["members"][0]["source"]).name: g["kept_because"] for g in document["groups"]}
+    assert set(kept) == {"a-original.jpg", "b-original.jpg", "c-original.jpg"}
+    assert kept["a-original.jpg"].startswith("colour")
+    assert kept["b-original.jpg"] == "original format JPEG (the copy is PNG)"
+    assert kept["c-original.jpg"].startswith("camera EXIF")
+    table = run(root.as_posix(), "--range", RANGE).stdout
+    assert "kept: colour (a copy is greyscale)" in table
+    rows = list(csv.DictReader(io.StringIO(run("--csv", root.as_posix(), "--range", RANGE).stdout)))
+    assert {r["kept_because"] != "" for r in rows if r["action"] == "keep"} == {True}
+    assert {r["kept_because"] for r in rows if r["action"] != "keep"} == {""}
+
+
 def test_keep_oldest_uses_modification_time(folder: Path) -> None:
     now = 1_700_000_000
     for name in FILES:
@@ -254,6 +291,7 @@ def test_csv_structure(folder: Path) -> None:
         "mtime",
         "moved_to",
         "error",
+        "kept_because",
     ]
     # groups in the order their kept images were visited (input order for --keep first), kept image first
     assert [(r["group"], r["action"]) for r in rows] == [

@@ -1,4 +1,6 @@
-"""The curl examples of docs/api.md and docs/collections.md work as written against a real ``matchdb serve``."""
+"""The examples work as written against a real ``matchdb serve``: every ```bash block of README.md and docs/*.md
+(the convention: ```bash marks a block a reader can paste; other fences are illustrations), each page's blocks in
+order in one shell, like a newcomer pasting them; docs/api.md's replies are checked in detail."""
 
 from __future__ import annotations
 
@@ -6,22 +8,55 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.servers import run_matchdb_server
+from tests.servers import matchdb_env, run_matchdb_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bash_blocks(doc: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / doc).read_text(), flags=re.S)
+    return re.findall(r"```bash\n(.*?)```", (ROOT / doc).read_text(), flags=re.S)
+
+
+RUNNABLE = [
+    str(p.relative_to(ROOT))
+    for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    if bash_blocks(str(p.relative_to(ROOT)))
+]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("doc", RUNNABLE)
+def test_runnable_blocks_succeed_when_pasted_in_order(doc: str, tmp_path: Path) -> None:
+    """A fresh user: empty data folder, no MATCHDB_* settings, the server on the per-user default database; the
+    ``.venv/bin/matchdb`` of the page is this interpreter's matchdb, and port 8000 the test server's."""
+    home = tmp_path / "home"
+    env = {"XDG_DATA_HOME": str(home / ".local" / "share"), "HOME": str(home), "MATCHDB_DATABASE_URL": ""}
+    with run_matchdb_server(env) as base_url:
+        script = "set -euo pipefail\n" + "\n".join(bash_blocks(doc))
+        script = script.replace("http://127.0.0.1:8000", base_url).replace(
+            ".venv/bin/matchdb", f"{sys.executable} -m matchdb"
+        )
+        result = subprocess.run(
+            ["bash", "-c", script],
+            cwd=ROOT,
+            env=matchdb_env(env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert result.returncode == 0, f"{doc}: exit {result.returncode}\n{result.stderr[-2000:]}"
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_api_doc_examples_run_against_a_real_server() -> None:
-    blocks = bash_blocks("api.md")
+    blocks = bash_blocks("docs/api.md")
     assert len(blocks) >= 4
     with run_matchdb_server({}) as base_url:
         script = "set -euo pipefail\n" + "\n".join(blocks).replace("http://127.0.0.1:8000", base_url)

@@ -118,7 +118,7 @@ def test_ingest_a_folder_rerun_change_and_query(tmp_path: Path, folder: Path) ->
     assert first.returncode == 0, first.stderr
     assert counts(first) == (12, 0, 0, 0)
     assert first.stdout.startswith("ingested 12 images: 12 new")
-    assert not (tmp_path / "matchdb-ingest-failures.jsonl").exists()
+    assert not (tmp_path / "ingest-failures.jsonl").exists()
     records = stored(url, "photos")
     assert list(records) == sorted(FOLDER_IMAGES)  # _id: the path relative to the folder, inserted in sorted order
     assert records["sub/h.tif"].width == 96 and records["sub/h.tif"].attributes == {}
@@ -184,7 +184,7 @@ def test_failures_go_to_the_report_and_the_rest_is_stored(tmp_path: Path) -> Non
     result = run(url, "ingest", "--create", "--collection", "mixed", str(images), "manifest.csv", cwd=tmp_path)
     assert result.returncode == 1
     assert counts(result) == (2, 0, 0, 3)
-    report = [json.loads(line) for line in (tmp_path / "matchdb-ingest-failures.jsonl").read_text().splitlines()]
+    report = [json.loads(line) for line in (tmp_path / "ingest-failures.jsonl").read_text().splitlines()]
     assert [(line["_id"], line["source"]) for line in report] == [
         ("corrupt.jpg", str(images / "corrupt.jpg")),
         ("images/missing.png", "images/missing.png"),  # _id from _file, relative to the manifest
@@ -193,7 +193,7 @@ def test_failures_go_to_the_report_and_the_rest_is_stored(tmp_path: Path) -> Non
     assert "cannot identify image" in report[0]["error"]
     assert report[1]["error"] == "No such file or directory"
     assert "neither _url nor _file" in report[2]["error"]
-    assert "3 failures written to matchdb-ingest-failures.jsonl" in result.stderr
+    assert f"3 failures written to {tmp_path.resolve() / 'ingest-failures.jsonl'}" in result.stderr
 
     records = stored(url, "mixed")
     assert list(records) == ["good.png", "listed"]
@@ -239,7 +239,7 @@ def test_jsonl_manifest_with_files_and_urls(tmp_path: Path, folder: Path, image_
     result = run(url, "ingest", "--create", "--collection", "shop", str(manifest), cwd=tmp_path, **allow)
     assert result.returncode == 1
     assert counts(result) == (3, 0, 0, 1)
-    report = [json.loads(line) for line in (tmp_path / "matchdb-ingest-failures.jsonl").read_text().splitlines()]
+    report = [json.loads(line) for line in (tmp_path / "ingest-failures.jsonl").read_text().splitlines()]
     assert report == [{"_id": "gone", "source": f"{base}/missing.png", "error": f"HTTP 404 from '{base}/missing.png'"}]
     records = stored(url, "shop")
     assert records["shoe-1"].attributes == {"price": 12, "tags": ["red", "sale"]}  # computed fields are not kept
@@ -282,7 +282,10 @@ def test_collection_create_list_delete(tmp_path: Path) -> None:
     ]
     assert listed[0]["id"] == shoes_id
     table = run(url, "collection", "list", "--workspace", "other").stdout.splitlines()
-    assert len(table) == 1 and "shoes" in table[0] and "other" in table[0]
+    assert table[0].split() == ["id", "name", "workspace", "records", "created"]
+    assert len(table) == 2 and "shoes" in table[1] and "other" in table[1]
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$", table[1])  # ISO 8601 with its zone
+    assert all(c["created_at"].endswith("+00:00") for c in listed)
 
     ambiguous = run(url, "collection", "delete", "shoes", "--yes")
     assert ambiguous.returncode == 1 and "give --workspace or the id" in ambiguous.stderr

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import click
+from sqlalchemy.engine import make_url
 
 from matchdb.cli.common import WORKSPACE_HELP, load_settings, open_engine, resolve_collection
+from matchdb.cli.progress import progress
+from matchdb.config import data_dir
 from matchdb.errors import ImageError
 from matchdb.hashing import HASH_TYPES, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
@@ -20,7 +23,7 @@ from matchdb.storage.tokens import DEFAULT_WORKSPACE
 
 # matchdb.service.ingest (httpx, starlette, tqdm) is imported inside the commands that use it, so every other
 # command starts as fast as before.
-_DEFAULT_REPORT = "matchdb-ingest-failures.jsonl"
+_REPORT_NAME = "ingest-failures.jsonl"
 
 
 @click.group()
@@ -48,12 +51,19 @@ def collection_list(workspace: str | None, as_json: bool) -> None:
     """List collections: id, name, workspace and record count."""
     with open_engine(load_settings()).connect() as connection:
         infos = collection_store.list_collections(connection, workspace)
-    for info in infos:
-        if as_json:
+    if as_json:
+        for info in infos:
             row = {"id": info.id, "name": info.name, "workspace": info.workspace, "records": info.record_count}
             click.echo(json.dumps({**row, "created_at": info.created_at.isoformat()}))
-        else:
-            click.echo(f"{info.id}  {info.name:<24} {info.workspace:<16} {info.record_count:>9} records")
+        return
+    if not infos:
+        click.echo("no collections yet (create one with `matchdb collection create NAME`)", err=True)
+        return
+    line = "{:<36}  {:<24} {:<16} {:>9}  {}"
+    click.echo(line.format("id", "name", "workspace", "records", "created"))
+    for info in infos:
+        created = info.created_at.isoformat(timespec="seconds")
+        click.echo(line.format(info.id, info.name, info.workspace, info.record_count, created))
 
 
 @collection.command("delete")
@@ -63,9 +73,11 @@ def collection_list(workspace: str | None, as_json: bool) -> None:
 def collection_delete(key: str, workspace: str | None, yes: bool) -> None:
     """Delete a collection and every record in it (there is no undo, hence --yes)."""
     engine = open_engine(load_settings())
-    info = resolve_collection(engine, workspace, key)
+    info = resolve_collection(engine, workspace, key, offer_create=False)
     if not yes:
-        raise click.ClickException(f"not deleting collection {info.name!r} ({info.record_count} records) without --yes")
+        raise click.ClickException(
+            f"not deleting collection {info.name!r} ({info.record_count} records) without --yes (there is no undo)"
+        )
     with engine.begin() as connection:
         collection_store.delete_collection(connection, info.id)
     click.echo(f"deleted collection {info.name!r} ({info.id}, {info.record_count} records)")
@@ -81,9 +93,9 @@ def collection_delete(key: str, workspace: str | None, yes: bool) -> None:
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=_DEFAULT_REPORT,
-    show_default=True,
-    help="Where failures go, as JSON lines (only created if something failed).",
+    default=None,
+    help=f"Where failures go, as JSON lines (only created if something failed). [default: {_REPORT_NAME} beside the "
+    "SQLite database, or in the user data folder (`matchdb info`)]",
 )
 def ingest_command(
     paths: tuple[Path, ...],
@@ -92,7 +104,7 @@ def ingest_command(
     create: bool,
     jobs: int | None,
     batch_size: int,
-    report: Path,
+    report: Path | None,
 ) -> None:
     """Hash and store the images behind PATHS: folders (searched recursively), image files, or manifests (.csv with
     a header row, .jsonl) whose rows have _url or _file (relative to the manifest), optionally _id, and attributes.
@@ -100,19 +112,18 @@ def ingest_command(
     Resumable: records whose _id and image checksum are stored already are skipped, changed ones are rehashed.
     The exit status is 1 if any item failed (see --report).
     """
-    from tqdm import tqdm
-
     from matchdb.service import ingest as service
     from matchdb.service.inputs import discover
 
     settings = load_settings()
+    report = report or _default_report(settings.database_url)
     items = discover(paths)
     workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
     with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
         engine = open_engine(settings)
-        info = resolve_collection(engine, workspace, key, create)
+        info = resolve_collection(engine, workspace, key, create, can_create=True)
         with (
-            tqdm(total=len(items), unit="img", file=sys.stderr, disable=None, dynamic_ncols=True) as bar,
+            progress(len(items), "img", "ingest") as bar,
             service.FailureReport(report) as failures,
         ):
             summary = service.run_ingest(
@@ -183,3 +194,11 @@ def query_command(
     if failed:
         click.echo(f"matchdb query: {failed} of {len(images)} images failed", err=True)
         sys.exit(1)
+
+
+def _default_report(database_url: str) -> Path:
+    """Beside the SQLite file, else in the user data folder: never a stray file in whatever folder the command ran."""
+    parsed = make_url(database_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database).resolve().parent / _REPORT_NAME
+    return data_dir() / _REPORT_NAME

@@ -8,7 +8,7 @@ import click
 
 from matchdb.cli.common import load_settings, open_engine
 from matchdb.storage.changes import prune_changes
-from matchdb.storage.database import current_revision, make_engine, upgrade
+from matchdb.storage.database import current_revision, upgrade
 
 
 @click.group()
@@ -19,7 +19,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema up to date (Alembic migrations)."""
-    engine = make_engine(load_settings().database_url)
+    engine = open_engine(load_settings(), migrate=False)
     before = current_revision(engine)
     upgrade(engine)
     after = current_revision(engine)

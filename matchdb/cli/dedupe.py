@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from matchdb.cli.common import load_settings
+from matchdb.cli.progress import progress
 from matchdb.hashing import HASH_TYPES
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ _KEEP = ("largest", "oldest", "first")
     type=click.Choice(_KEEP),
     default="largest",
     show_default=True,
-    help="Which image of a group is kept: most pixels (then bytes), oldest modification time, or first given.",
+    help="Which image of a group is kept. largest: colour before greyscale, then most pixels, camera EXIF, an "
+    "original format (JPEG/HEIF/TIFF before PNG/WebP/GIF/BMP), most bytes; oldest: modification time; first: as given.",
 )
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Hashing processes [default: CPUs].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
@@ -73,8 +75,6 @@ def dedupe_command(
     --move-to DIR moves the other images there. The exit status is 1 if some inputs could not be read (the
     rest are still reported), 2 for usage errors.
     """
-    from tqdm import tqdm
-
     from matchdb import dedupe as service
 
     if as_json and as_csv:
@@ -91,7 +91,7 @@ def dedupe_command(
         click.echo(f"matchdb dedupe: {repeated} inputs named more than once, counted once", err=True)
     workers = min(jobs or os.cpu_count() or 1, max(1, len(sources)))
     with service.hash_executor(workers) as executor:  # first: its workers must fork before any thread starts
-        with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+        with progress(len(sources), "img", "hashing") as bar:
             outcome = service.dedupe(
                 sources,
                 kind=hash_type,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from matchdb.cli.common import load_settings, open_engine
+from matchdb.cli.common import load_settings, open_engine, resolve_collection
 
 
 @click.command("rebuild-index")
@@ -23,17 +23,14 @@ def rebuild_index(key: str | None, timeout: float, fresh: float) -> None:
     """
     from matchdb.service import rebuild
     from matchdb.storage.changes import ALL_COLLECTIONS
-    from matchdb.storage.collections import find_collection, list_collections
+    from matchdb.storage.collections import list_collections
 
     engine = open_engine(load_settings())
-    with engine.connect() as connection:
-        if key is None:
+    if key is None:
+        with engine.connect() as connection:
             targets = [info.id for info in list_collections(connection)]
-        else:
-            found = find_collection(connection, None, key)
-            if found is None:
-                raise click.ClickException(f"no collection {key!r} (or the name is used in several workspaces)")
-            targets = [found.id]
+    else:
+        targets = [resolve_collection(engine, None, key, offer_create=False).id]
     servers = rebuild.running_servers(engine, fresh)
     if not servers:
         click.echo("no server is running: building offline", err=True)

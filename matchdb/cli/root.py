@@ -5,17 +5,24 @@ from __future__ import annotations
 import click
 
 from matchdb import __version__
-from matchdb.cli import collections, db, dedupe, evaluate, hashes, rebuild, serve, tokens
+from matchdb.cli import collections, db, dedupe, evaluate, hashes, info, rebuild, serve, tokens
 
 
 @click.group()
 @click.version_option(__version__, prog_name="matchdb")
-def main() -> None:
+@click.option(
+    "--database",
+    metavar="URL",
+    help="Database URL for this command (default: MATCHDB_DATABASE_URL, else the per-user SQLite file that "
+    "`matchdb info` shows).",
+)
+def main(database: str | None) -> None:
     """matchdb: find duplicate and near-duplicate images by visual hash."""
 
 
 for _command in (
     hashes.hash_command,
+    info.info,
     serve.serve,
     db.db,
     tokens.token,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import click
+from sqlalchemy.engine import make_url
 
-from matchdb.cli.common import load_settings
+from matchdb.cli.common import load_settings, open_engine
 from matchdb.storage import tokens as token_store
-from matchdb.storage.database import make_engine, upgrade
 
 
 def _is_loopback(host: str) -> bool:
@@ -38,8 +39,7 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
     settings = load_settings()
     if settings.bootstrap_token and len(settings.bootstrap_token) < token_store.MIN_TOKEN_LENGTH:
         raise click.UsageError(f"MATCHDB_BOOTSTRAP_TOKEN must have at least {token_store.MIN_TOKEN_LENGTH} characters")
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
+    engine = open_engine(settings)
     with engine.begin() as connection:
         if settings.bootstrap_token:
             token_store.ensure_token(connection, settings.bootstrap_token)
@@ -54,4 +54,8 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
         click.echo("matchdb: no API token exists, the API is open to anyone who can connect", err=True)
     from matchdb.web import server
 
+    # The app reads its settings from the environment in each worker: hand it the database chosen here (--database,
+    # or the per-user default resolved from this folder), so every worker opens the same one.
+    os.environ["MATCHDB_DATABASE_URL"] = settings.database_url
+    click.echo(f"matchdb: database {make_url(settings.database_url).render_as_string(hide_password=True)}", err=True)
     server.run(host, port, workers)

@@ -19,12 +19,17 @@ def token() -> None:
 @click.option("--workspace", default=token_store.DEFAULT_WORKSPACE, show_default=True)
 @click.option("--read-only", is_flag=True, help="The token may read but not write.")
 @click.option("--note", default="", help="A note to recognise the token by in `matchdb token list`.")
-def token_create(workspace: str, read_only: bool, note: str) -> None:
-    """Create a token and print it (the only time it is shown)."""
+@click.option("-q", "--quiet", is_flag=True, help="Print only the token, e.g. for TOKEN=$(matchdb token create -q).")
+def token_create(workspace: str, read_only: bool, note: str, quiet: bool) -> None:
+    """Create a token and print it (the only time it is shown) on stdout; what it is for goes to stderr."""
     with open_engine(load_settings()).begin() as connection:
         value, info = token_store.create_token(connection, workspace, read_only, note)
     click.echo(value)
-    click.echo(f"token {info.id} for workspace {info.workspace!r}{' (read-only)' if read_only else ''}", err=True)
+    if not quiet:
+        rights = " (read-only)" if read_only else ""
+        click.echo(
+            f"token {info.id} for workspace {info.workspace!r}{rights}: keep it now, it is not shown again", err=True
+        )
 
 
 @token.command("list")
@@ -33,14 +38,19 @@ def token_list(as_json: bool) -> None:
     """List tokens (id, prefix, workspace, rights, state), never the tokens themselves."""
     with open_engine(load_settings()).connect() as connection:
         infos = token_store.list_tokens(connection)
+    line = "{:>4}  {:<14} {:<16} {:<10} {:<31} {}"
+    if infos and not as_json:
+        click.echo(line.format("id", "prefix", "workspace", "rights", "state", "note"))
+    elif not infos:
+        click.echo("no tokens yet: the API is open on loopback (create one with `matchdb token create`)", err=True)
     for info in infos:
-        state = f"revoked {info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "active"
+        state = f"revoked {info.revoked_at.isoformat(timespec='seconds')}" if info.revoked_at else "active"
         rights = "read-only" if info.read_only else "read-write"
         if as_json:
             row = {"id": info.id, "prefix": info.prefix, "workspace": info.workspace, "read_only": info.read_only}
             click.echo(json.dumps({**row, "state": state, "note": info.note}))
         else:
-            click.echo(f"{info.id:>4}  {info.prefix}...  {info.workspace:<16} {rights:<10} {state:<24} {info.note}")
+            click.echo(line.format(info.id, f"{info.prefix}...", info.workspace, rights, state, info.note))
 
 
 @token.command("revoke")
@@ -51,5 +61,5 @@ def token_revoke(key: str) -> None:
         count = token_store.revoke_token(connection, key)
     if count <= 0:
         reason = "no active token matches" if count == 0 else f"{-count} active tokens match; give more of the prefix"
-        raise click.ClickException(f"{reason} {key!r}")
+        raise click.ClickException(f"{reason} {key!r} (`matchdb token list` shows ids and prefixes)")
     click.echo(f"revoked {count} token")

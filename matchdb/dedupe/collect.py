@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from matchdb.config import Settings
+from matchdb.dedupe.provenance import Provenance, describe
 from matchdb.errors import MatchdbError
 from matchdb.hashing import decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
@@ -127,6 +128,7 @@ class Hashed:
     nbytes: int
     mtime: float | None
     packed: bytes  # one hash, or the 8 orientations' hashes (orientation 0 = the image as given)
+    provenance: Provenance
 
 
 def hash_data(data: bytes, kind: str, dihedral: bool, max_pixels: int, mtime: float | None = None) -> Hashed:
@@ -135,7 +137,7 @@ def hash_data(data: bytes, kind: str, dihedral: bool, max_pixels: int, mtime: fl
         packed = b"".join(variant[kind].data for variant in hash_dihedral(pixels, (kind,)))
     else:
         packed = hash_pixels(pixels, (kind,))[kind].data
-    return Hashed(pixels.width, pixels.height, len(data), mtime, packed)
+    return Hashed(pixels.width, pixels.height, len(data), mtime, packed, describe(data, pixels))
 
 
 def hash_path(path: str, kind: str, dihedral: bool, max_pixels: int) -> Hashed:
@@ -174,6 +176,9 @@ class HashTable:
     nbytes: npt.NDArray[np.int64]
     mtime: npt.NDArray[np.float64]
     errors: dict[int, str]
+    colour: npt.NDArray[np.bool_]
+    camera: npt.NDArray[np.bool_]
+    formats: list[str]
 
     @classmethod
     def empty(cls, kind: str, sources: list[Source], orientations: int) -> HashTable:
@@ -188,6 +193,9 @@ class HashTable:
             np.zeros(n, np.int64),
             np.full(n, np.nan),
             {},
+            np.zeros(n, np.bool_),
+            np.zeros(n, np.bool_),
+            [""] * n,
         )
 
     def store(self, row: int, result: Hashed | str) -> None:
@@ -198,6 +206,9 @@ class HashTable:
         self.ok[row] = True
         self.width[row], self.height[row], self.nbytes[row] = result.width, result.height, result.nbytes
         self.mtime[row] = math.nan if result.mtime is None else result.mtime
+        self.colour[row] = result.provenance.colour
+        self.camera[row] = result.provenance.camera
+        self.formats[row] = result.provenance.format
 
 
 def hash_sources(

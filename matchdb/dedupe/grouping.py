@@ -17,7 +17,8 @@ orientations, as the query of ``rank_images`` does, and a copy's distance is its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from matchdb.dedupe.collect import HashTable
+from matchdb.dedupe.provenance import ORIGINAL_FORMATS
 from matchdb.hashing import NBITS
 from matchdb.hashing.dihedral import TRANSFORMS
 from matchdb.index import NumpyTreeIndex
@@ -57,13 +59,27 @@ class Group:
     removed: tuple[Member, ...]  # nearest first, then input order
 
 
+def _largest_criteria(table: HashTable, rows: Rows) -> list[tuple[str, Rows]]:
+    """The "largest" policy's criteria for ``rows``, most significant first, each as values where more is better
+    (the reasons are in :mod:`matchdb.dedupe.provenance`): colour, pixels, camera tags, original format, bytes."""
+    original = np.array([table.formats[row] in ORIGINAL_FORMATS for row in rows.tolist()], np.int64)
+    return [
+        ("colour", table.colour[rows].astype(np.int64)),
+        ("pixels", table.width[rows] * table.height[rows]),
+        ("camera", table.camera[rows].astype(np.int64)),
+        ("format", original),
+        ("bytes", table.nbytes[rows]),
+    ]
+
+
 def keep_order(table: HashTable, policy: KeepPolicy) -> Rows:
-    """Readable rows best first: largest = most pixels, then most bytes; oldest = earliest modification time (URLs,
-    which have none, after every file); first = input order. Input order breaks every tie."""
+    """Readable rows best first. largest: colour before greyscale, then most pixels, then camera EXIF tags, then an
+    original format (JPEG, HEIF, TIFF) before a conversion (PNG, WebP, GIF, BMP), then most bytes; oldest: earliest
+    modification time (URLs, which have none, after every file); first: input order. Input order breaks every tie."""
     rows = np.flatnonzero(table.ok)
     if policy == "largest":
-        pixels = table.width[rows] * table.height[rows]
-        order = np.lexsort((rows, -table.nbytes[rows], -pixels))
+        criteria = [values for _name, values in _largest_criteria(table, rows)]
+        order = np.lexsort((rows, *[-values for values in reversed(criteria)]))
     elif policy == "oldest":
         mtime = table.mtime[rows]
         order = np.lexsort((rows, np.where(np.isnan(mtime), np.inf, mtime)))
@@ -72,6 +88,34 @@ def keep_order(table: HashTable, policy: KeepPolicy) -> Rows:
     else:
         raise ValueError(f"unknown keep policy {policy!r}; expected one of {', '.join(KEEP_POLICIES)}")
     return rows[order]
+
+
+def why_kept(table: HashTable, group: Group, policy: KeepPolicy) -> str:
+    """Why the kept image of ``group`` won, in words: the first criterion of the policy on which it beats the best
+    of the others."""
+    if policy == "first":
+        return "given first"
+    if policy == "oldest":
+        return "oldest modification time" if not math.isnan(float(table.mtime[group.kept])) else "given first"
+    rows = np.array([group.kept, *[m.row for m in group.removed]], np.int64)
+    criteria = _largest_criteria(table, rows)
+    runner_up = int(np.lexsort((rows[1:], *[-values[1:] for _name, values in reversed(criteria)]))[0]) + 1
+    other = int(rows[runner_up])
+    for name, values in criteria:
+        if values[0] > values[runner_up]:
+            return _REASONS[name](table, group.kept, other)
+    return "given first (the copies tie on every criterion)"
+
+
+_REASONS: dict[str, Callable[[HashTable, int, int], str]] = {
+    "colour": lambda t, kept, other: "colour (a copy is greyscale)",
+    "pixels": lambda t, kept, other: (
+        f"more pixels ({t.width[kept]}x{t.height[kept]} against {t.width[other]}x{t.height[other]})"
+    ),
+    "camera": lambda t, kept, other: "camera EXIF tags (the copy has none)",
+    "format": lambda t, kept, other: f"original format {t.formats[kept]} (the copy is {t.formats[other] or 'unknown'})",
+    "bytes": lambda t, kept, other: f"more bytes ({t.nbytes[kept]:,} against {t.nbytes[other]:,})",
+}
 
 
 def group_duplicates(table: HashTable, max_bits: int, policy: KeepPolicy) -> list[Group]:

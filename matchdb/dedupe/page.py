@@ -100,7 +100,8 @@ def to_html(outcome: Outcome, thumbnails: Mapping[int, str | None]) -> str:
         parts.append(f'<section class="group" id="group-{number}">')
         parts.append(f'<h2>Group {number}: {len(group.removed) + 1} images</h2><div class="members">')
         for member, action in outcome.members(group):
-            parts.append(_figure(outcome, table, member.row, member.bits, member.transform, action, thumbnails))
+            reason = outcome.kept_because(group) if action == "keep" else None
+            parts.append(_figure(outcome, table, member.row, member.bits, member.transform, action, thumbnails, reason))
         parts.append("</div></section>")
     if not outcome.groups:
         parts.append("<p>No near-duplicates found.</p>")
@@ -122,6 +123,7 @@ def _figure(
     transform: str,
     action: str,
     thumbnails: Mapping[int, str | None],
+    reason: str | None = None,
 ) -> str:
     label = table.sources[row].label
     uri = thumbnails.get(row)
@@ -132,7 +134,9 @@ def _figure(
     )
     details = [
         f"{table.width[row]}x{table.height[row]}, {human_bytes(int(table.nbytes[row]))}",
-        f"distance {shown_distance(bits, table.kind):.1f} ({bits} bits)" if action != "keep" else "kept",
+        f"distance {shown_distance(bits, table.kind):.1f} ({bits} bits)"
+        if action != "keep"
+        else f"kept: {escape(reason or '')}",
     ]
     if transform != "identity":
         details.append(f"matches the kept image after {escape(transform)}")

@@ -15,10 +15,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from matchdb.dedupe.collect import HashTable
-from matchdb.dedupe.grouping import Group, Member
+from matchdb.dedupe.grouping import Group, KeepPolicy, Member, why_kept
 from matchdb.dedupe.moving import Move
 from matchdb.hashing import NBITS
 from matchdb.service.stateless import shown_distance
@@ -36,6 +36,7 @@ CSV_COLUMNS = (
     "mtime",
     "moved_to",
     "error",
+    "kept_because",
 )
 
 
@@ -64,6 +65,9 @@ class Outcome:
         if move is None:
             return "remove"
         return "move failed" if move.error else "moved"
+
+    def kept_because(self, group: Group) -> str:
+        return why_kept(self.table, group, cast(KeepPolicy, self.keep))
 
     def members(self, group: Group) -> Iterator[tuple[Member, str]]:
         """The kept image (as a member at distance 0), then the others, each with its action."""
@@ -140,7 +144,11 @@ def to_json(outcome: Outcome) -> str:
         "move_to": str(outcome.move_to) if outcome.move_to is not None else None,
         "summary": summary(outcome),
         "groups": [
-            {"group": number, "members": [member_record(outcome, m, action) for m, action in outcome.members(group)]}
+            {
+                "group": number,
+                "kept_because": outcome.kept_because(group),
+                "members": [member_record(outcome, m, action) for m, action in outcome.members(group)],
+            }
             for number, group in enumerate(outcome.groups, start=1)
         ],
         "failed": failures(table),
@@ -160,7 +168,10 @@ def to_csv(outcome: Outcome) -> str:
     for number, group in enumerate(outcome.groups, start=1):
         for member, action in outcome.members(group):
             record = member_record(outcome, member, action)
-            writer.writerow({"group": number, **{k: "" if v is None else v for k, v in record.items()}})
+            reason = outcome.kept_because(group) if action == "keep" else ""
+            writer.writerow(
+                {"group": number, **{k: "" if v is None else v for k, v in record.items()}, "kept_because": reason}
+            )
     return out.getvalue()
 
 
@@ -178,7 +189,7 @@ def to_table(outcome: Outcome) -> str:
     table = outcome.table
     lines: list[str] = []
     for number, group in enumerate(outcome.groups, start=1):
-        lines.append(f"group {number} ({len(group.removed) + 1} images)")
+        lines.append(f"group {number} ({len(group.removed) + 1} images; kept: {outcome.kept_because(group)})")
         for member, action in outcome.members(group):
             row = member.row
             size = f"{table.width[row]}x{table.height[row]}"

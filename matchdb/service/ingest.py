@@ -297,6 +297,7 @@ class FailureReport:
 
     def __call__(self, failure: Failure) -> None:
         if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = self.path.open("w", encoding="utf-8")
         self._handle.write(failure.to_json() + "\n")
         self._handle.flush()

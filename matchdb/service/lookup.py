@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,22 @@ from matchdb.storage.tokens import DEFAULT_WORKSPACE
 
 
 class CollectionNotFound(MatchdbError):
-    """No collection (or more than one, across workspaces) answers to the name or id given."""
+    """No collection (or more than one, across workspaces) answers to the name or id given. ``existing`` holds the
+    names there are (in the workspace searched), closest to the one given first, so a message can offer them."""
+
+    def __init__(self, message: str, existing: Sequence[str] = (), ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.existing = list(existing)
+        self.ambiguous = ambiguous
+
+
+def closest_first(key: str, names: Sequence[str]) -> list[str]:
+    """``names`` ordered by similarity to ``key`` (difflib's ratio, case-insensitive), then alphabetically."""
+
+    def score(name: str) -> float:
+        return difflib.SequenceMatcher(None, key.lower(), name.lower()).ratio()
+
+    return sorted(dict.fromkeys(names), key=lambda name: (-score(name), name))
 
 
 def resolve_collection(
@@ -31,15 +47,17 @@ def resolve_collection(
         found = collection_store.find_collection(connection, workspace, key)
         if found is not None:
             return found, False
-        matches = [c for c in collection_store.list_collections(connection, workspace) if key in (c.id, c.name)]
+        every = collection_store.list_collections(connection, workspace)
+        matches = [c for c in every if key in (c.id, c.name)]
         if len(matches) > 1:
             places = ", ".join(sorted(c.workspace for c in matches))
             raise CollectionNotFound(
-                f"{len(matches)} collections are named {key!r} (workspaces {places}): give --workspace or the id"
+                f"{len(matches)} collections are named {key!r} (workspaces {places}): give --workspace or the id",
+                ambiguous=True,
             )
         if not create:
             where = f" in workspace {workspace!r}" if workspace is not None else ""
-            raise CollectionNotFound(f"no collection {key!r}{where} (pass --create to create it)")
+            raise CollectionNotFound(f"no collection {key!r}{where}", closest_first(key, [c.name for c in every]))
         return collection_store.create_collection(connection, workspace or DEFAULT_WORKSPACE, key), True
 
 

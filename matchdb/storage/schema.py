@@ -6,6 +6,8 @@ can alter them on SQLite and Postgres alike.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -23,6 +25,27 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that reads back as an aware UTC datetime on every database. SQLite keeps no zone, so its values
+    came back naive, and the API showed ``created_at`` with a zone after a create but without one in a list."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 metadata = MetaData(
     naming_convention={
@@ -39,7 +62,7 @@ workspaces = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 tokens = Table(
@@ -52,8 +75,8 @@ tokens = Table(
     Column("prefix", String(16), nullable=False),
     Column("read_only", Boolean, nullable=False),
     Column("note", String(200), nullable=False, default=""),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
 )
 
 collections = Table(
@@ -62,7 +85,7 @@ collections = Table(
     Column("id", String(36), primary_key=True),  # server-made UUID4
     Column("workspace_id", Integer, ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
     Column("name", String(200), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     UniqueConstraint("workspace_id", "name", name="uq_collections_workspace_id_name"),
 )
 
@@ -81,7 +104,7 @@ records = Table(
     Column("bmh1", LargeBinary, nullable=False),
     Column("phash", LargeBinary, nullable=False),
     Column("hash_version", Integer, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     UniqueConstraint("collection_id", "ext_id", name="uq_records_collection_id_ext_id"),
 )
 
@@ -93,7 +116,7 @@ changes = Table(
     Column("collection_id", String(36), nullable=False),
     Column("op", String(16), nullable=False),  # upsert | delete | drop | rebuild | pruned (see changes.py)
     Column("record_id", BigInteger, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_changes_collection_id_seq", "collection_id", "seq"),
 )
 
@@ -104,8 +127,8 @@ servers = Table(
     Column("id", String(36), primary_key=True),
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
     Column("generation", BigInteger, nullable=False),  # seq of the last rebuild request it has carried out
     Column("rebuild_seconds", Float, nullable=True),
     Column("records", BigInteger, nullable=False),
