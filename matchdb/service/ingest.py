@@ -43,6 +43,7 @@ from matchdb.service.stateless import shown_distance
 from matchdb.storage import collections as collection_store
 from matchdb.storage.records import NewRecord, StoredRecord, get_by_row_ids, get_records, upsert_records
 from matchdb.storage.tokens import DEFAULT_WORKSPACE
+from matchdb.storage.transactions import Writer
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".gif", ".bmp"})
 _LOOKUP_CHUNK = 500  # _id values per stored-state query
@@ -267,6 +268,7 @@ class _Ingest:
         on_failure: Callable[[Failure], object],
     ) -> None:
         self._engine = engine
+        self._writer = Writer(engine, settings.write_attempts, settings.database_timeout)
         self._collection_id = collection_id
         self._pool = pool
         self._fetcher = fetcher
@@ -360,8 +362,7 @@ class _Ingest:
             return get_records(connection, self._collection_id, ext_ids)
 
     def _write(self, batch: list[NewRecord]) -> None:
-        with self._engine.begin() as connection:
-            upsert_records(connection, self._collection_id, batch)
+        self._writer.run(lambda connection: upsert_records(connection, self._collection_id, batch))
 
 
 def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _Outcome:
