@@ -110,7 +110,7 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
         click.echo("matchdb: no API token exists, the API is open to anyone who can connect", err=True)
     from matchdb.web import server
 
-    server.run(host, port, workers)
+    server.run(host, port, workers, settings.drain_timeout)
 
 
 @main.group()

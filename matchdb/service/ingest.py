@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -225,6 +226,8 @@ class Summary:
     unchanged: int = 0
     failed: int = 0
     seconds: float = 0.0
+    planned: int = 0  # items found
+    stopped_by: int | None = None  # the signal that interrupted the run (what was done is stored)
 
     @property
     def total(self) -> int:
@@ -238,9 +241,15 @@ class Summary:
         setattr(self, status, getattr(self, status) + 1)
 
     def __str__(self) -> str:
+        counts = (
+            f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.failed} failed in "
+            f"{self.seconds:.1f} s ({self.rate:.1f} images/s)"
+        )
+        if self.stopped_by is None:
+            return f"ingested {self.total} images: {counts}"
         return (
-            f"ingested {self.total} images: {self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.failed} failed in {self.seconds:.1f} s ({self.rate:.1f} images/s)"
+            f"interrupted by {signal.Signals(self.stopped_by).name} after {self.total} of {self.planned} images, "
+            f"all of them stored: {counts}; run the same command again to resume"
         )
 
 
@@ -278,16 +287,33 @@ class _Ingest:
         self._window = window
         self._on_progress = on_progress
         self._on_failure = on_failure
+        self._stopped_by: int | None = None
+        self._arrived = asyncio.Event()
+
+    def stop(self, signum: int) -> None:
+        """Stop early (on a signal): what is done in order is written, the rest is left for a rerun."""
+        if self._stopped_by is None:
+            self._stopped_by = signum
+        self._arrived.set()
 
     async def run(self, items: Sequence[Item]) -> Summary:
         started = time.monotonic()
-        summary = Summary()
+        summary = Summary(planned=len(items))
         slots = asyncio.Semaphore(self._window)
         finished: dict[int, _Outcome] = {}
-        arrived = asyncio.Event()
+        in_flight: set[asyncio.Task[None]] = set()
+        arrived = self._arrived
 
         async def process(index: int, item: Item, stored: StoredRecord | None) -> None:
-            finished[index] = await self._process(item, stored)
+            try:
+                finished[index] = await self._process(item, stored)
+            except BrokenProcessPool:
+                # A SIGTERM to the whole process group kills the workers too, and may be seen here first: give
+                # this process's own handler a moment to run, so the ingest stops cleanly instead of failing.
+                await asyncio.sleep(0.5)
+                if self._stopped_by is None:
+                    raise
+                return
             arrived.set()
 
         async def produce(group: asyncio.TaskGroup) -> None:
@@ -297,14 +323,18 @@ class _Ingest:
                 stored = await asyncio.to_thread(self._lookup, wanted)
                 for offset, item in enumerate(chunk):
                     await slots.acquire()
-                    group.create_task(process(start + offset, item, stored.get(item.ext_id)))
+                    task = group.create_task(process(start + offset, item, stored.get(item.ext_id)))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
 
         async def consume() -> None:
             batch: list[NewRecord] = []
             for index in range(len(items)):
-                while index not in finished:
+                while index not in finished and self._stopped_by is None:
                     arrived.clear()
                     await arrived.wait()
+                if index not in finished:  # stopped: items done so far (in order) are written below
+                    break
                 outcome = finished.pop(index)
                 slots.release()
                 summary.count(outcome.status)
@@ -320,9 +350,13 @@ class _Ingest:
                 await asyncio.to_thread(self._write, batch)
 
         async with asyncio.TaskGroup() as group:
-            group.create_task(produce(group))
-            group.create_task(consume())
+            producer = group.create_task(produce(group))
+            await consume()
+            if self._stopped_by is not None:  # what is still in flight is dropped (a rerun does it)
+                for task in [producer, *in_flight]:
+                    task.cancel()
         summary.seconds = time.monotonic() - started
+        summary.stopped_by = self._stopped_by
         return summary
 
     async def _process(self, item: Item, stored: StoredRecord | None) -> _Outcome:
@@ -402,9 +436,13 @@ def run_ingest(
     batch_size: int = 200,
     on_progress: Callable[[Status], object] = lambda _: None,
     on_failure: Callable[[Failure], object] = lambda _: None,
+    stop_signals: Sequence[int] = (),
 ) -> Summary:
     """Ingest ``items`` into the collection with ``pool`` (``jobs`` workers); per-item failures go to ``on_failure``
-    and the rest go on. The in-flight window keeps every worker and download slot busy, and no more."""
+    and the rest go on. The in-flight window keeps every worker and download slot busy, and no more.
+
+    The first of ``stop_signals`` to arrive stops the run early: the items done so far (in order) are written, the
+    summary says how far it got (``stopped_by``), and a rerun resumes; a second signal acts as it normally does."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     window = max(64, 8 * jobs, 2 * settings.fetch_concurrency)
@@ -414,7 +452,20 @@ def run_ingest(
             ingest = _Ingest(
                 engine, collection_id, pool, fetcher, settings, batch_size, window, on_progress, on_failure
             )
-            return await ingest.run(items)
+            loop = asyncio.get_running_loop()
+
+            def stop(signum: int) -> None:
+                for each in stop_signals:
+                    loop.remove_signal_handler(each)
+                ingest.stop(signum)
+
+            for signum in stop_signals:
+                loop.add_signal_handler(signum, stop, signum)
+            try:
+                return await ingest.run(items)
+            finally:
+                for signum in stop_signals:
+                    loop.remove_signal_handler(signum)
 
     return asyncio.run(main())
 

@@ -16,6 +16,7 @@ from matchdb.service.collections import CollectionService, QueryError, public_re
 from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure
 from matchdb.storage import collections as collection_store
+from matchdb.storage.transactions import write_transaction
 from matchdb.web.auth import Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
 from matchdb.web.requests import count_field, flag_field, hash_types, number_field, records_field
@@ -287,7 +288,7 @@ async def collections_endpoint(
         raise ApiError(400, "Field 'name' must be a non-empty string of at most 200 characters")
 
     def create() -> collection_store.CollectionInfo:
-        with engine.begin() as connection:
+        with write_transaction(engine) as connection:  # writers take turns: see storage.transactions
             return collection_store.create_collection(connection, principal.workspace, name.strip())
 
     try:
@@ -306,7 +307,7 @@ async def collection_delete(
     engine = _engine(request)
 
     def drop() -> bool:
-        with engine.begin() as connection:
+        with write_transaction(engine) as connection:  # writers take turns: see storage.transactions
             found = collection_store.find_collection(connection, principal.workspace, key)
             return found is not None and found.id == key and collection_store.delete_collection(connection, key)
 
