@@ -21,6 +21,7 @@ import asyncio
 import base64
 import hashlib
 import random
+import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -109,17 +110,27 @@ class Load:
 
     async def run(self, duration: float, stop: asyncio.Event | None = None) -> list[Result]:
         """Send requests for ``duration`` seconds (or until ``stop`` is set); returns every result so far."""
-        deadline = time.monotonic() + duration
         halt = stop or asyncio.Event()
-        await asyncio.gather(*(self._client(number, deadline, halt) for number in range(self.clients)))
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        tls = ssl.create_default_context()  # built once: httpx would build one per client (~0.1 s each)
+        clients = [
+            httpx.AsyncClient(
+                base_url=self.url,
+                limits=limits,
+                headers={"collection-id": self.collection},
+                timeout=REQUEST_TIMEOUT,
+                verify=tls,
+            )
+            for _ in range(self.clients)
+        ]
+        deadline = time.monotonic() + duration
+        await asyncio.gather(*(self._client(n, c, deadline, halt) for n, c in enumerate(clients)))
         return self.results
 
-    async def _client(self, number: int, deadline: float, halt: asyncio.Event) -> None:
+    async def _client(self, number: int, client: httpx.AsyncClient, deadline: float, halt: asyncio.Event) -> None:
         rng = random.Random(self.seed * 1_000_003 + number)
         ops, weights = list(self.mix), list(self.mix.values())
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        headers = {"collection-id": self.collection}
-        async with httpx.AsyncClient(base_url=self.url, limits=limits, headers=headers, timeout=REQUEST_TIMEOUT) as c:
+        async with client as c:
             sent = 0
             while time.monotonic() < deadline and not halt.is_set():
                 op = rng.choices(ops, weights)[0]
@@ -171,7 +182,8 @@ async def _send(
     try:
         response = await client.post(path, json=body)
     except httpx.TransportError as exc:  # no HTTP answer: reset, closed, timed out
-        return Result(op, started, time.monotonic() - started, None, error=type(exc).__name__, ext_ids=ext_ids)
+        seconds = time.monotonic() - started
+        return Result(op, started, seconds, None, error=type(exc).__name__, ext_ids=ext_ids, images=images)
     seconds = time.monotonic() - started
     code, enveloped = None, False
     try:
@@ -332,3 +344,21 @@ def check_index(url: str, collection: str, rows: Mapping[str, StoredRow], images
                 proc = payload.get("status", {}).get("proc_id")
                 problems.append(f"image {index} (worker {proc}): index has {sorted(got)}, database {sorted(wanted)}")
     return problems
+
+
+def partial_batches(rows: Mapping[str, StoredRow], results: Iterable[Result]) -> list[str]:
+    """The multi-record inserts stored in part (some of their records there, some not): there must be none."""
+    partial = []
+    for result in results:
+        if result.op == "insert_new":
+            present = sum(ext_id in rows for ext_id in result.ext_ids)
+            if present not in (0, len(result.ext_ids)):
+                partial.append(f"{result.ext_ids[0]}...: {present} of {len(result.ext_ids)} stored")
+    return partial
+
+
+def new_collection(url: str, name: str) -> str:
+    response = httpx.post(f"{url}/v2/collections", json={"name": name}, timeout=REQUEST_TIMEOUT)
+    assert response.status_code == 200, response.text
+    collection_id: str = response.json()["id"]
+    return collection_id

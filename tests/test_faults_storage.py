@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import operator
 import random
 import threading
 from collections.abc import Callable
@@ -102,8 +103,9 @@ def test_concurrent_same_id_writes_keep_one_whole_record_per_id(database_url: st
     index = registry.get(collection).by_kind["bmh1"]  # catches up from the change log first
     assert len(index) == len(rows)
     for row in rows:
-        hits = index.nearest(int.from_bytes(bytes(row[3]), "little"), 1, 0, lambda key, rid=int(row[0]): key == rid)
-        assert [hit.key for hit in hits] == [int(row[0])], f"the index lost {row[1]}"
+        row_id = int(row[0])
+        hits = index.nearest(int.from_bytes(bytes(row[3]), "little"), 1, 0, functools.partial(operator.eq, row_id))
+        assert [hit.key for hit in hits] == [row_id], f"the index lost {row[1]}"
     registry.close()
     engine.dispose()
 
