@@ -362,12 +362,11 @@ class _Ingest:
     async def _process(self, item: Item, stored: StoredRecord | None) -> _Outcome:
         if item.error is not None:
             return _Outcome("failed", failure=Failure(item.ext_id, item.source, item.error))
-        loop = asyncio.get_running_loop()
         try:
             result: Hashes | str
             if item.path is not None:
                 known = stored.checksum if stored is not None else None
-                result = await loop.run_in_executor(self._pool, hash_file, str(item.path), known, self._max_pixels)
+                result = await self._in_pool(hash_file, str(item.path), known, self._max_pixels)
             else:
                 assert item.url is not None
                 async with self._downloads:
@@ -376,7 +375,7 @@ class _Ingest:
                 if stored is not None and stored.checksum == checksum:
                     result = checksum
                 else:
-                    result = await loop.run_in_executor(self._pool, hash_bytes, data, checksum, self._max_pixels)
+                    result = await self._in_pool(hash_bytes, data, checksum, self._max_pixels)
         except BrokenProcessPool:
             raise  # every later item would fail the same way: stop instead of reporting them all
         except OSError as exc:
@@ -386,6 +385,14 @@ class _Ingest:
         except Exception as exc:  # an unforeseen decoder error must not stop the other items
             return self._failed(item, f"{type(exc).__name__}: {exc}")
         return _compare(item, stored, result)
+
+    async def _in_pool(self, function: Callable[..., Hashes | str], *args: object) -> Hashes | str:
+        """``function(*args)`` in a worker process, shielded from the item's cancellation (a stopped ingest drops what
+        is in flight, and this outcome is then ignored): in Python 3.11 a cancelled pool future crashes the pool's
+        manager thread if the workers then die (InvalidStateError in terminate_broken, as on SIGTERM to the group)."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(future)
 
     @staticmethod
     def _failed(item: Item, error: str) -> _Outcome:
