@@ -95,7 +95,7 @@ async def delete(request: Request, context: RequestContext, principal: Principal
     items = _ids(records_field(body, _max_records(request)))
     wanted = [str(i.record["_id"]) for i in items if i.failure is None]
     found = await _service(request).delete(collection.id, wanted)
-    items = [_found_or_404(item, item.record.get("_id") in found) for item in items]
+    items = [_found_or_404(item, str(item.record.get("_id")) in found) for item in items]
     return _outcome(context, items, {"records": [item.record for item in items]})
 
 
