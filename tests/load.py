@@ -362,3 +362,40 @@ def new_collection(url: str, name: str) -> str:
     assert response.status_code == 200, response.text
     collection_id: str = response.json()["id"]
     return collection_id
+
+
+COLLECTION_OPS = ("insert_race", "insert_new", "insert_del", "delete", "update", "get", "knn")
+
+
+@dataclass(frozen=True)
+class Outage:
+    """What clients saw around a database outage (from ``stopped_at`` to ``back_at``, monotonic seconds)."""
+
+    during: dict[str, int]  # "op HTTP-status" -> count, for requests sent and answered inside the outage
+    slowest_during_ms: float
+    missing_retry_after: int  # 503 answers without a Retry-After header
+    recovery_seconds: float  # from ``back_at`` to the end of the last 503 (0 when none came after it)
+    first_ok_after: dict[str, float]  # op -> seconds from ``back_at`` to its first success
+
+    def line(self) -> str:
+        during = ", ".join(f"{k}: {v}" for k, v in sorted(self.during.items()))
+        return (
+            f"during the outage: {during}; slowest answer {self.slowest_during_ms:.0f} ms; full service "
+            f"{self.recovery_seconds:.2f} s after the database was back"
+        )
+
+
+def summarize_outage(results: Sequence[Result], stopped_at: float, back_at: float) -> Outage:
+    inside = [r for r in results if r.started >= stopped_at and r.ended <= back_at and r.http is not None]
+    late_503 = [r.ended for r in results if r.http == 503 and r.ended > back_at]
+    first_ok: dict[str, float] = {}
+    for result in sorted(results, key=lambda r: r.ended):
+        if result.http == 200 and result.started >= back_at and result.op not in first_ok:
+            first_ok[result.op] = result.ended - back_at
+    return Outage(
+        during=dict(Counter(f"{r.op} {r.http}" for r in inside)),
+        slowest_during_ms=max((r.seconds for r in inside), default=0.0) * 1000,
+        missing_retry_after=sum(1 for r in results if r.http == 503 and not r.retry_after),
+        recovery_seconds=max(late_503, default=back_at) - back_at,
+        first_ok_after=first_ok,
+    )

@@ -63,8 +63,10 @@ def trouble(exc: BaseException) -> Trouble | None:
         return "busy"
     if any(text in message for text in _SQLITE_DOWN):
         return "down"
-    # psycopg reports a refused or broken connection as an OperationalError without a SQLSTATE.
-    if isinstance(exc, sa_exc.OperationalError) and type(exc.orig).__module__.startswith("psycopg"):
+    # psycopg reports a refused or broken connection as an OperationalError without a SQLSTATE, and the use of
+    # a connection that broke as an InterfaceError.
+    broken = isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    if broken and type(exc.orig).__module__.startswith("psycopg"):
         return "down"
     return None
 
