@@ -68,6 +68,9 @@ class Settings:
     fetch_concurrency: int = 16
     hash_threads: int = 0  # 0: one per CPU core
     index_wait: float = 30.0
+    database_timeout: float = 10.0
+    write_attempts: int = 3
+    drain_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -88,7 +91,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        positive = ("max_records", "max_body_bytes", "max_pixels", "max_download_bytes", "fetch_attempts")
+        positive = ["max_records", "max_body_bytes", "max_pixels", "max_download_bytes", "fetch_attempts"]
+        positive += ["database_timeout", "write_attempts", "drain_timeout"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"MATCHDB_{name.upper()} must be positive")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def ingest_command(
     a header row, .jsonl) whose rows have _url or _file (relative to the manifest), optionally _id, and attributes.
 
     Resumable: records whose _id and image checksum are stored already are skipped, changed ones are rehashed.
+    Ctrl-C or SIGTERM stops it cleanly: what is done is stored, it says how far it got, and exits 130 or 143.
     The exit status is 1 if any item failed (see --report).
     """
     from matchdb.service import ingest as service
@@ -136,8 +138,11 @@ def ingest_command(
                 batch_size=batch_size,
                 on_progress=lambda _status: bar.update(),
                 on_failure=failures,
+                stop_signals=(signal.SIGINT, signal.SIGTERM),
             )
     click.echo(str(summary))
+    if summary.stopped_by is not None:
+        sys.exit(128 + summary.stopped_by)
     if summary.failed:
         click.echo(f"matchdb ingest: {summary.failed} failures written to {report}", err=True)
         sys.exit(1)

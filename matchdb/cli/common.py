@@ -55,7 +55,7 @@ def open_engine(settings: Settings, migrate: bool = True) -> Engine:
     """An engine on the configured database, its schema brought up to date first (``migrate``). A URL that cannot
     work is a usage error and a database that cannot be reached a one-line error, never a traceback."""
     try:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings.database_timeout)
         if migrate:
             upgrade(engine)
     except ConfigError as exc:

@@ -58,4 +58,4 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
     # or the per-user default resolved from this folder), so every worker opens the same one.
     os.environ["MATCHDB_DATABASE_URL"] = settings.database_url
     click.echo(f"matchdb: database {make_url(settings.database_url).render_as_string(hide_password=True)}", err=True)
-    server.run(host, port, workers)
+    server.run(host, port, workers, settings.drain_timeout)

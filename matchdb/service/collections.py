@@ -20,6 +20,7 @@ from matchdb.service.records import ImageLoader, LoadedRecord, RecordFailure
 from matchdb.service.stateless import shown_distance
 from matchdb.storage import records as store
 from matchdb.storage.schema import records as records_table
+from matchdb.storage.transactions import Writer
 
 COMPUTED = ("_id", "_base64", "_url", "_file", "_width", "_height", "_status")
 
@@ -70,11 +71,19 @@ class Answer:
 
 
 class CollectionService:
-    def __init__(self, engine: Engine, loader: ImageLoader, registry: IndexRegistry, index_wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        loader: ImageLoader,
+        registry: IndexRegistry,
+        index_wait: float = 30.0,
+        writer: Writer | None = None,
+    ) -> None:
         self._engine = engine
         self._loader = loader
         self._registry = registry
         self._index_wait = index_wait
+        self._writer = writer or Writer(engine)  # write transactions, retried when a retry cures the failure
 
     async def insert(self, collection_id: str, raws: Sequence[object]) -> list[LoadedRecord]:
         """Upsert every record that loads; a repeated ``_id`` in the request fails that record. One transaction."""
@@ -88,27 +97,20 @@ class CollectionService:
                 )
             seen.add(ext_id)
         batch = [new_record(item) for item in loaded if item.failure is None]
-
-        def write() -> None:
-            with self._engine.begin() as connection:
-                store.upsert_records(connection, collection_id, batch)
-
-        await run_in_threadpool(write)
+        await run_in_threadpool(
+            self._writer.run, lambda connection: store.upsert_records(connection, collection_id, batch)
+        )
         return loaded
 
     async def delete(self, collection_id: str, ext_ids: Sequence[str]) -> dict[str, int]:
-        def write() -> dict[str, int]:
-            with self._engine.begin() as connection:
-                return store.delete_records(connection, collection_id, ext_ids)
-
-        return await run_in_threadpool(write)
+        return await run_in_threadpool(
+            self._writer.run, lambda connection: store.delete_records(connection, collection_id, ext_ids)
+        )
 
     async def update(self, collection_id: str, patches: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        def write() -> dict[str, dict[str, Any]]:
-            with self._engine.begin() as connection:
-                return store.update_attributes(connection, collection_id, patches)
-
-        return await run_in_threadpool(write)
+        return await run_in_threadpool(
+            self._writer.run, lambda connection: store.update_attributes(connection, collection_id, patches)
+        )
 
     async def get(self, collection_id: str, ext_ids: Sequence[str]) -> dict[str, store.StoredRecord]:
         def read() -> dict[str, store.StoredRecord]:

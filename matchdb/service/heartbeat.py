@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from matchdb.service.indexes import IndexRegistry
 from matchdb.storage.servers import beat, forget_server
+from matchdb.storage.transactions import unavailable
 
 log = logging.getLogger("matchdb.heartbeat")
 
@@ -58,7 +59,10 @@ class Heartbeat:
         while True:
             try:
                 self.beat_once()
-            except Exception:  # the database may be briefly unreachable: keep beating
-                log.exception("heartbeat of server %s failed", self._server_id)
+            except Exception as exc:  # the database may be briefly unreachable: keep beating
+                if unavailable(exc) is None:
+                    log.exception("heartbeat of server %s failed", self._server_id)
+                else:  # an outage: one line every beat, not a traceback
+                    log.warning("heartbeat of server %s: %s", self._server_id, str(exc).split("\n", 1)[0])
             if self._stop.wait(self._interval):
                 return

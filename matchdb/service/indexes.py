@@ -26,6 +26,7 @@ from matchdb.storage.changes import ALL_COLLECTIONS, PRUNED, Change, changes_sin
 from matchdb.storage.collections import list_collections
 from matchdb.storage.hash_load import load_hashes
 from matchdb.storage.records import get_by_row_ids
+from matchdb.storage.transactions import unavailable
 
 IndexFactory = Callable[[int], HammingIndex]
 log = logging.getLogger("matchdb.index")
@@ -45,6 +46,7 @@ class CollectionIndex:
     pending: list[Change] = field(default_factory=list)  # changes seen while loading, replayed when ready
     load_seconds: float = 0.0
     error: str = ""
+    failure: BaseException | None = None  # why the load failed (a database outage is a 503, not a bug)
 
     @property
     def size(self) -> int:
@@ -91,7 +93,8 @@ class IndexRegistry:
         if not loaded.ready.wait(wait):
             raise IndexLoading(f"the index of this collection is still loading (waited {wait:g} s); retry shortly")
         if loaded.error:
-            raise MatchdbError(f"the index of this collection failed to load: {loaded.error}")
+            down = unavailable(loaded.failure) if loaded.failure is not None else None
+            raise down or MatchdbError(f"the index of this collection failed to load: {loaded.error}")
         return loaded
 
     def _ensure_loading(self, collection_id: str, background: bool) -> CollectionIndex:
@@ -250,9 +253,12 @@ class IndexRegistry:
                     if collection_id in self._collections:
                         self._collections[collection_id] = loaded
         except Exception as exc:  # a failed load must not leave queries waiting forever
-            log.exception("loading the index of collection %s failed", collection_id)
+            if unavailable(exc) is None:
+                log.exception("loading the index of collection %s failed", collection_id)
+            else:  # the database is down: the next query loads it again
+                log.warning("loading the index of collection %s failed: %s", collection_id, unavailable(exc))
             with self._lock:
-                loaded.error = str(exc)
+                loaded.error, loaded.failure = str(exc), exc
                 loaded.state = "failed"
                 registry = self._rebuilding if replaces else self._collections  # (a rebuild's old indexes stay)
                 if registry.get(collection_id) is loaded:

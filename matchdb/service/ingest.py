@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -35,6 +36,7 @@ from matchdb.hashing import HASH_TYPES, hash_image
 from matchdb.service.inputs import Item
 from matchdb.service.records import fetcher_from_settings
 from matchdb.storage.records import NewRecord, StoredRecord, get_records, upsert_records
+from matchdb.storage.transactions import Writer
 
 _LOOKUP_CHUNK = 500  # _id values per stored-state query
 
@@ -92,6 +94,8 @@ class Summary:
     unchanged: int = 0
     failed: int = 0
     seconds: float = 0.0
+    planned: int = 0  # items found
+    stopped_by: int | None = None  # the signal that interrupted the run (what was done is stored)
 
     @property
     def total(self) -> int:
@@ -105,9 +109,15 @@ class Summary:
         setattr(self, status, getattr(self, status) + 1)
 
     def __str__(self) -> str:
+        counts = (
+            f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.failed} failed in "
+            f"{self.seconds:.1f} s ({self.rate:.1f} images/s)"
+        )
+        if self.stopped_by is None:
+            return f"ingested {self.total} images: {counts}"
         return (
-            f"ingested {self.total} images: {self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.failed} failed in {self.seconds:.1f} s ({self.rate:.1f} images/s)"
+            f"interrupted by {signal.Signals(self.stopped_by).name} after {self.total} of {self.planned} images, "
+            f"all of them stored: {counts}; run the same command again to resume"
         )
 
 
@@ -135,6 +145,7 @@ class _Ingest:
         on_failure: Callable[[Failure], object],
     ) -> None:
         self._engine = engine
+        self._writer = Writer(engine, settings.write_attempts, settings.database_timeout)
         self._collection_id = collection_id
         self._pool = pool
         self._fetcher = fetcher
@@ -144,16 +155,33 @@ class _Ingest:
         self._window = window
         self._on_progress = on_progress
         self._on_failure = on_failure
+        self._stopped_by: int | None = None
+        self._arrived = asyncio.Event()
+
+    def stop(self, signum: int) -> None:
+        """Stop early (on a signal): what is done in order is written, the rest is left for a rerun."""
+        if self._stopped_by is None:
+            self._stopped_by = signum
+        self._arrived.set()
 
     async def run(self, items: Sequence[Item]) -> Summary:
         started = time.monotonic()
-        summary = Summary()
+        summary = Summary(planned=len(items))
         slots = asyncio.Semaphore(self._window)
         finished: dict[int, _Outcome] = {}
-        arrived = asyncio.Event()
+        in_flight: set[asyncio.Task[None]] = set()
+        arrived = self._arrived
 
         async def process(index: int, item: Item, stored: StoredRecord | None) -> None:
-            finished[index] = await self._process(item, stored)
+            try:
+                finished[index] = await self._process(item, stored)
+            except BrokenProcessPool:
+                # A SIGTERM to the whole process group kills the workers too, and may be seen here first: give
+                # this process's own handler a moment to run, so the ingest stops cleanly instead of failing.
+                await asyncio.sleep(0.5)
+                if self._stopped_by is None:
+                    raise
+                return
             arrived.set()
 
         async def produce(group: asyncio.TaskGroup) -> None:
@@ -163,14 +191,18 @@ class _Ingest:
                 stored = await asyncio.to_thread(self._lookup, wanted)
                 for offset, item in enumerate(chunk):
                     await slots.acquire()
-                    group.create_task(process(start + offset, item, stored.get(item.ext_id)))
+                    task = group.create_task(process(start + offset, item, stored.get(item.ext_id)))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
 
         async def consume() -> None:
             batch: list[NewRecord] = []
             for index in range(len(items)):
-                while index not in finished:
+                while index not in finished and self._stopped_by is None:
                     arrived.clear()
                     await arrived.wait()
+                if index not in finished:  # stopped: items done so far (in order) are written below
+                    break
                 outcome = finished.pop(index)
                 slots.release()
                 summary.count(outcome.status)
@@ -186,20 +218,23 @@ class _Ingest:
                 await asyncio.to_thread(self._write, batch)
 
         async with asyncio.TaskGroup() as group:
-            group.create_task(produce(group))
-            group.create_task(consume())
+            producer = group.create_task(produce(group))
+            await consume()
+            if self._stopped_by is not None:  # what is still in flight is dropped (a rerun does it)
+                for task in [producer, *in_flight]:
+                    task.cancel()
         summary.seconds = time.monotonic() - started
+        summary.stopped_by = self._stopped_by
         return summary
 
     async def _process(self, item: Item, stored: StoredRecord | None) -> _Outcome:
         if item.error is not None:
             return _Outcome("failed", failure=Failure(item.ext_id, item.source, item.error))
-        loop = asyncio.get_running_loop()
         try:
             result: Hashes | str
             if item.path is not None:
                 known = stored.checksum if stored is not None else None
-                result = await loop.run_in_executor(self._pool, hash_file, str(item.path), known, self._max_pixels)
+                result = await self._in_pool(hash_file, str(item.path), known, self._max_pixels)
             else:
                 assert item.url is not None
                 async with self._downloads:
@@ -208,7 +243,7 @@ class _Ingest:
                 if stored is not None and stored.checksum == checksum:
                     result = checksum
                 else:
-                    result = await loop.run_in_executor(self._pool, hash_bytes, data, checksum, self._max_pixels)
+                    result = await self._in_pool(hash_bytes, data, checksum, self._max_pixels)
         except BrokenProcessPool:
             raise  # every later item would fail the same way: stop instead of reporting them all
         except OSError as exc:
@@ -219,6 +254,14 @@ class _Ingest:
             return self._failed(item, f"{type(exc).__name__}: {exc}")
         return _compare(item, stored, result)
 
+    async def _in_pool(self, function: Callable[..., Hashes | str], *args: object) -> Hashes | str:
+        """``function(*args)`` in a worker process, shielded from the item's cancellation (a stopped ingest drops what
+        is in flight, and this outcome is then ignored): in Python 3.11 a cancelled pool future crashes the pool's
+        manager thread if the workers then die (InvalidStateError in terminate_broken, as on SIGTERM to the group)."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(future)
+
     @staticmethod
     def _failed(item: Item, error: str) -> _Outcome:
         return _Outcome("failed", failure=Failure(item.ext_id, item.source, error))
@@ -228,8 +271,7 @@ class _Ingest:
             return get_records(connection, self._collection_id, ext_ids)
 
     def _write(self, batch: list[NewRecord]) -> None:
-        with self._engine.begin() as connection:
-            upsert_records(connection, self._collection_id, batch)
+        self._writer.run(lambda connection: upsert_records(connection, self._collection_id, batch))
 
 
 def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _Outcome:
@@ -269,9 +311,13 @@ def run_ingest(
     batch_size: int = 200,
     on_progress: Callable[[Status], object] = lambda _: None,
     on_failure: Callable[[Failure], object] = lambda _: None,
+    stop_signals: Sequence[int] = (),
 ) -> Summary:
     """Ingest ``items`` into the collection with ``pool`` (``jobs`` workers); per-item failures go to ``on_failure``
-    and the rest go on. The in-flight window keeps every worker and download slot busy, and no more."""
+    and the rest go on. The in-flight window keeps every worker and download slot busy, and no more.
+
+    The first of ``stop_signals`` to arrive stops the run early: the items done so far (in order) are written, the
+    summary says how far it got (``stopped_by``), and a rerun resumes; a second signal acts as it normally does."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     window = max(64, 8 * jobs, 2 * settings.fetch_concurrency)
@@ -281,7 +327,20 @@ def run_ingest(
             ingest = _Ingest(
                 engine, collection_id, pool, fetcher, settings, batch_size, window, on_progress, on_failure
             )
-            return await ingest.run(items)
+            loop = asyncio.get_running_loop()
+
+            def stop(signum: int) -> None:
+                for each in stop_signals:
+                    loop.remove_signal_handler(each)
+                ingest.stop(signum)
+
+            for signum in stop_signals:
+                loop.add_signal_handler(signum, stop, signum)
+            try:
+                return await ingest.run(items)
+            finally:
+                for signum in stop_signals:
+                    loop.remove_signal_handler(signum)
 
     return asyncio.run(main())
 

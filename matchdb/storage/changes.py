@@ -24,7 +24,7 @@ class Change:
     record_id: int | None
 
 
-def _serialise_writers(connection: Connection) -> None:
+def serialise_writers(connection: Connection) -> None:
     """On Postgres, writers take turns until commit, so ``seq`` values become visible in increasing order and a
     reader that has seen ``seq`` N can never later find an N - 1 (SQLite has a single writer anyway)."""
     if connection.dialect.name == "postgresql":
@@ -36,7 +36,7 @@ ALL_COLLECTIONS = "*"
 
 def append_change(connection: Connection, collection_id: str, op: str, record_id: int | None = None) -> int:
     """Append one change; returns its ``seq``."""
-    _serialise_writers(connection)
+    serialise_writers(connection)
     result = connection.execute(
         insert(changes).values(collection_id=collection_id, op=op, record_id=record_id, created_at=datetime.now(UTC))
     )
@@ -46,7 +46,7 @@ def append_change(connection: Connection, collection_id: str, op: str, record_id
 def append_changes(connection: Connection, collection_id: str, op: str, record_ids: Sequence[int]) -> None:
     if not record_ids:
         return
-    _serialise_writers(connection)
+    serialise_writers(connection)
     now = datetime.now(UTC)
     connection.execute(
         insert(changes),
@@ -63,7 +63,7 @@ def prune_changes(connection: Connection, older_than: datetime) -> tuple[int, in
     Servers catch up every couple of seconds (heartbeat), so only a server frozen for longer than the retention can
     still need them. For that one a marker is appended: a server that finds it with a seq it has not reached yet
     lost changes, and reloads its indexes from the database instead of trusting them."""
-    _serialise_writers(connection)
+    serialise_writers(connection)
     upto = connection.execute(select(func.max(changes.c.seq)).where(changes.c.created_at < older_than)).scalar()
     if upto is None:
         return 0, 0

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from matchdb.errors import MatchdbError
-from matchdb.storage.changes import append_change
+from matchdb.storage.changes import append_change, serialise_writers
 from matchdb.storage.schema import collections, records, workspaces
 from matchdb.storage.tokens import workspace_id
 
@@ -80,6 +80,7 @@ def find_collection(connection: Connection, workspace: str | None, key: str) -> 
 
 
 def delete_collection(connection: Connection, collection_id: str) -> bool:
+    serialise_writers(connection)  # first: an insert racing with this delete then either lands before it or sees it
     deleted = connection.execute(delete(collections).where(collections.c.id == collection_id)).rowcount
     if deleted:
         connection.execute(delete(records).where(records.c.collection_id == collection_id))

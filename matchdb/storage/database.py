@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 from alembic import command
@@ -15,8 +16,12 @@ from matchdb.errors import ConfigError
 _ADVISORY_LOCK_KEY = 0x6D61_7463_6864_62  # "matchdb": one key for every replica migrating the same database
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout so several processes can share it."""
+def make_engine(url: str, timeout: float = 10.0) -> Engine:
+    """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout so several processes can share it.
+
+    ``timeout`` (``MATCHDB_DATABASE_TIMEOUT``) bounds every wait for the database: a connection (Postgres connect
+    timeout), a free connection in the pool, SQLite's write lock. A stopped Postgres refuses at once; pre-ping
+    replaces pooled connections that died with it, so service resumes by itself when it is back."""
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError and friends for malformed URLs
@@ -30,19 +35,21 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # the user data dir on first use
-        engine = create_engine(parsed, connect_args={"timeout": 30})
+        in_memory = parsed.database in (None, "", ":memory:")  # a single-connection pool, without a timeout
+        pool = {} if in_memory else {"pool_timeout": timeout}
+        engine = create_engine(parsed, connect_args={"timeout": timeout}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # No server-side prepared statements: psycopg prepares a query after 5 runs, and a plan fixed while a table
     # was small made batch upserts 5x slower as it grew (measured: 0.9 s -> 8.8 s per 5,000 records).
-    return create_engine(parsed, pool_pre_ping=True, connect_args={"prepare_threshold": None})
+    connect_args = {"prepare_threshold": None, "connect_timeout": max(2, math.ceil(timeout))}
+    return create_engine(parsed, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 

@@ -1,7 +1,8 @@
 """Records of a collection: upsert in batches, delete, attribute updates, lookups, paging and hash streaming.
 
 Each function runs inside the caller's transaction, so a batch is stored whole or not at all, together with its
-change-log entries. Functions never commit.
+change-log entries. Functions never commit. Writers run them in
+:func:`~matchdb.storage.transactions.write_transaction` (see :class:`~matchdb.storage.transactions.Writer`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
+from matchdb.errors import MatchdbError
 from matchdb.hashing import ALGORITHM_VERSION
 from matchdb.storage.changes import append_changes
 from matchdb.storage.schema import records
@@ -65,16 +69,38 @@ def _stored(row: Sequence[Any]) -> StoredRecord:
     return StoredRecord(row[0], row[1], dict(row[2]), row[3], row[4], row[5], row[6], bytes(row[7]), bytes(row[8]))
 
 
+# Replaced on an upsert of an existing ``_id``; ``id`` (the insertion order) and the keys stay.
+_REPLACED = ("attributes", "source_url", "width", "height", "checksum", "bmh1", "phash", "hash_version", "updated_at")
+
+
+class CollectionGone(MatchdbError):
+    """The collection was deleted (by another request) before the write reached it."""
+
+
+def _upsert(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (collection_id, ext_id) DO UPDATE ... RETURNING id, ext_id`` for ``dialect``."""
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(records)
+    statement = statement.on_conflict_do_update(
+        index_elements=[records.c.collection_id, records.c.ext_id],
+        set_={name: statement.excluded[name] for name in _REPLACED},
+    )
+    return statement.returning(records.c.id, records.c.ext_id)
+
+
 def upsert_records(connection: Connection, collection_id: str, batch: Sequence[NewRecord]) -> list[int]:
     """Store ``batch`` (``_id`` unique in it); an existing ``_id`` is replaced in place and keeps its row id
-    (its insertion order). Returns the row ids in batch order."""
+    (its insertion order). Returns the row ids in batch order.
+
+    One statement per batch, atomic whatever runs at the same time: two requests upserting one ``_id`` at once
+    both succeed and one record remains, the last writer's. Raises :class:`CollectionGone` when the collection
+    was deleted meanwhile."""
     if not batch:
         return []
-    existing = ids_by_ext_id(connection, collection_id, [r.ext_id for r in batch])
+    if len({r.ext_id for r in batch}) != len(batch):
+        raise ValueError("an _id appears twice in one batch")
     now = datetime.now(UTC)
-
-    def values(r: NewRecord) -> dict[str, Any]:
-        return {
+    rows = [
+        {
             "collection_id": collection_id,
             "ext_id": r.ext_id,
             "attributes": r.attributes,
@@ -87,18 +113,16 @@ def upsert_records(connection: Connection, collection_id: str, batch: Sequence[N
             "hash_version": HASH_VERSION,
             "updated_at": now,
         }
-
-    updates = [{**values(r), "row_id": existing[r.ext_id]} for r in batch if r.ext_id in existing]
-    if updates:
-        connection.execute(
-            update(records).where(records.c.id == bindparam("row_id")),
-            [{k: v for k, v in u.items() if k != "collection_id"} for u in updates],
-        )
-    fresh = [values(r) for r in batch if r.ext_id not in existing]
-    if fresh:
-        connection.execute(insert(records), fresh)
-        existing.update(ids_by_ext_id(connection, collection_id, [v["ext_id"] for v in fresh]))
-    row_ids = [existing[r.ext_id] for r in batch]
+        for r in batch
+    ]
+    try:
+        returned = connection.execute(_upsert(connection.dialect.name), rows).all()
+    except IntegrityError as exc:  # the only foreign key is the collection: it went away
+        if "foreign key" in str(exc.orig).lower() or getattr(exc.orig, "sqlstate", None) == "23503":
+            raise CollectionGone(f"collection {collection_id} no longer exists") from exc
+        raise
+    ids = {str(ext_id): int(row_id) for row_id, ext_id in returned}
+    row_ids = [ids[r.ext_id] for r in batch]
     append_changes(connection, collection_id, "upsert", row_ids)
     return row_ids
 
@@ -143,13 +167,20 @@ def get_by_row_ids(connection: Connection, row_ids: Sequence[int]) -> dict[int, 
 
 
 def delete_records(connection: Connection, collection_id: str, ext_ids: Sequence[str]) -> dict[str, int]:
-    """Delete by ``_id``; returns the row ids of those that existed."""
-    found = ids_by_ext_id(connection, collection_id, ext_ids)
+    """Delete by ``_id``; returns the row ids of those that existed (one ``DELETE ... RETURNING`` per chunk, so
+    what is reported deleted is what this statement deleted, whatever else runs)."""
+    found: dict[str, int] = {}
+    unique = list(dict.fromkeys(ext_ids))
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start : start + _CHUNK]
+        statement = (
+            delete(records)
+            .where(records.c.collection_id == collection_id, records.c.ext_id.in_(chunk))
+            .returning(records.c.ext_id, records.c.id)
+        )
+        found.update({str(ext): int(rid) for ext, rid in connection.execute(statement)})
     if found:
-        ids = list(found.values())
-        for start in range(0, len(ids), _CHUNK):
-            connection.execute(delete(records).where(records.c.id.in_(ids[start : start + _CHUNK])))
-        append_changes(connection, collection_id, "delete", ids)
+        append_changes(connection, collection_id, "delete", list(found.values()))
     return found
 
 
@@ -157,7 +188,9 @@ def update_attributes(
     connection: Connection, collection_id: str, patches: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Merge each patch into the stored attributes (a ``None`` value removes the key); returns the new attributes
-    of the records that exist. Hashes never change here."""
+    of the records that exist. Hashes never change here. It reads, then writes: run it in a
+    :func:`~matchdb.storage.transactions.write_transaction`, whose writers take turns, so no other write can slip
+    in between."""
     current = get_records(connection, collection_id, list(patches))
     now = datetime.now(UTC)
     merged: dict[str, dict[str, Any]] = {}

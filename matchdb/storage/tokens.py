@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from matchdb.storage.schema import tokens, workspaces
 
@@ -44,12 +46,16 @@ def hash_token(token: str) -> str:
 
 
 def workspace_id(connection: Connection, name: str) -> int:
-    """The id of workspace ``name``, created if missing."""
+    """The id of workspace ``name``, created if missing (``ON CONFLICT DO NOTHING``: two requests creating the
+    first collection of a new workspace at once both get its id)."""
     found = connection.execute(select(workspaces.c.id).where(workspaces.c.name == name)).scalar_one_or_none()
     if found is not None:
         return int(found)
-    inserted = connection.execute(insert(workspaces).values(name=name, created_at=datetime.now(UTC)))
-    return int(inserted.inserted_primary_key[0])  # type: ignore[index]
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    connection.execute(
+        dialect.insert(workspaces).values(name=name, created_at=datetime.now(UTC)).on_conflict_do_nothing()
+    )
+    return int(connection.execute(select(workspaces.c.id).where(workspaces.c.name == name)).scalar_one())
 
 
 def create_token(
@@ -126,5 +132,9 @@ def ensure_token(connection: Connection, token: str, workspace: str = DEFAULT_WO
     exists = connection.execute(select(tokens.c.id).where(tokens.c.token_hash == hash_token(token))).first()
     if exists is not None:
         return False
-    create_token(connection, workspace, note="bootstrap (MATCHDB_BOOTSTRAP_TOKEN)", token=token)
+    try:
+        with connection.begin_nested():
+            create_token(connection, workspace, note="bootstrap (MATCHDB_BOOTSTRAP_TOKEN)", token=token)
+    except IntegrityError:  # a replica starting at the same moment created it first
+        return False
     return True

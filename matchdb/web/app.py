@@ -7,13 +7,13 @@ the Ximilar methods themselves are in :mod:`matchdb.web.stateless`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,11 +26,11 @@ from matchdb.service.heartbeat import Heartbeat
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import fetcher_from_settings, loader_from_settings
 from matchdb.storage.database import make_engine
+from matchdb.storage.transactions import Writer
 from matchdb.web import collections, stateless
 from matchdb.web.auth import Authenticator
-from matchdb.web.envelope import ApiError, RequestContext, error_response
-
-log = logging.getLogger("matchdb")
+from matchdb.web.envelope import ApiError, error_response, request_context
+from matchdb.web.guard import Guard
 
 
 def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlette:
@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings.database_timeout)
         executor = ThreadPoolExecutor(max_workers=settings.hash_workers, thread_name_prefix="matchdb-hash")
         own_fetcher = fetcher is None
         downloader = fetcher or fetcher_from_settings(settings)
@@ -56,7 +56,10 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         app.state.registry.load_all_in_background()
         heartbeat = Heartbeat(engine, app.state.registry, proc_id)
         heartbeat.start()
-        app.state.collections = CollectionService(engine, app.state.loader, app.state.registry, settings.index_wait)
+        writer = Writer(engine, settings.write_attempts, settings.database_timeout)
+        app.state.collections = CollectionService(
+            engine, app.state.loader, app.state.registry, settings.index_wait, writer=writer
+        )
         try:
             yield
         finally:
@@ -70,16 +73,11 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         text = "Unknown method or path" if exc.status_code == 404 else str(exc.detail)
-        return error_response(RequestContext(proc_id), exc.status_code, text)
+        return error_response(request_context(request), exc.status_code, text)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return error_response(RequestContext(proc_id), exc.status, exc.text)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        context = RequestContext(proc_id)
-        log.exception("internal error (request_id %s)", context.request_id, exc_info=exc)
-        return error_response(context, 500, f"Internal server error (request_id {context.request_id})")
+        return error_response(request_context(request), exc.status, exc.text)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -103,7 +101,9 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: server_error},
+        # Every other exception ends in the guard (500, or 503 when the database is unavailable): see guard.py.
+        exception_handlers={HTTPException: http_error, ApiError: api_error},
+        middleware=[Middleware(Guard, proc_id=proc_id)],
     )
 
 

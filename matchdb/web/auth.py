@@ -3,6 +3,10 @@
 Open mode: while the database has never held a token, every request runs as workspace ``default`` and the header
 is ignored (``matchdb serve`` only allows that on a loopback address). Once a token exists it never comes back:
 tokens are revoked, not deleted, so revoking the last one does not silently open the service.
+
+While the database is unavailable, a token this process has accepted before is accepted again (and open mode
+stays open), so the methods that need no stored data (ping, visual_hash, rank_images, remove_duplicates) keep
+working through an outage; no one can revoke a token meanwhile, since that too needs the database.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from matchdb.storage.tokens import DEFAULT_WORKSPACE, any_token_ever, find_token
+from matchdb.storage.tokens import DEFAULT_WORKSPACE, any_token_ever, find_token, hash_token
+from matchdb.storage.transactions import unavailable
 from matchdb.web.envelope import ApiError
 
 _SCHEMES = ("token", "jwt", "bearer")
@@ -27,11 +34,31 @@ class Principal:
 class Authenticator:
     """Checks tokens against the database (hashed); blocking, so call it from a worker thread."""
 
+    MAX_REMEMBERED = 10_000
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._tokens_exist = False  # once True it stays True (tokens are never deleted)
+        self._accepted: dict[str, Principal] = {}  # by hash of the header: the last answer, for database outages
 
     def authenticate(self, authorization: str | None) -> Principal:
+        key = hash_token(authorization or "")
+        try:
+            principal = self._check(authorization)
+        except ApiError:
+            self._accepted.pop(key, None)
+            raise
+        except (DBAPIError, SATimeoutError) as exc:
+            remembered = self._accepted.get(key)
+            if remembered is None or unavailable(exc) is None:
+                raise
+            return remembered
+        if len(self._accepted) >= self.MAX_REMEMBERED:
+            self._accepted.clear()
+        self._accepted[key] = principal
+        return principal
+
+    def _check(self, authorization: str | None) -> Principal:
         with self._engine.connect() as connection:
             if not self._tokens_exist:
                 self._tokens_exist = any_token_ever(connection)

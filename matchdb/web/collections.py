@@ -16,6 +16,7 @@ from matchdb.service.collections import CollectionService, QueryError, public_re
 from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure
 from matchdb.storage import collections as collection_store
+from matchdb.storage.transactions import write_transaction
 from matchdb.web.auth import Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
 from matchdb.web.requests import count_field, flag_field, hash_types, number_field, records_field
@@ -94,7 +95,7 @@ async def delete(request: Request, context: RequestContext, principal: Principal
     items = _ids(records_field(body, _max_records(request)))
     wanted = [str(i.record["_id"]) for i in items if i.failure is None]
     found = await _service(request).delete(collection.id, wanted)
-    items = [_found_or_404(item, item.record.get("_id") in found) for item in items]
+    items = [_found_or_404(item, str(item.record.get("_id")) in found) for item in items]
     return _outcome(context, items, {"records": [item.record for item in items]})
 
 
@@ -287,7 +288,7 @@ async def collections_endpoint(
         raise ApiError(400, "Field 'name' must be a non-empty string of at most 200 characters")
 
     def create() -> collection_store.CollectionInfo:
-        with engine.begin() as connection:
+        with write_transaction(engine) as connection:  # writers take turns: see storage.transactions
             return collection_store.create_collection(connection, principal.workspace, name.strip())
 
     try:
@@ -306,7 +307,7 @@ async def collection_delete(
     engine = _engine(request)
 
     def drop() -> bool:
-        with engine.begin() as connection:
+        with write_transaction(engine) as connection:  # writers take turns: see storage.transactions
             found = collection_store.find_collection(connection, principal.workspace, key)
             return found is not None and found.id == key and collection_store.delete_collection(connection, key)
 

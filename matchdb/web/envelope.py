@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from matchdb.errors import MatchdbError
@@ -55,10 +56,19 @@ class RequestContext:
         return {"code": code, "text": text, "request_id": self.request_id}
 
     def respond(self, body: dict[str, Any], code: int = 200, text: str = "OK") -> JSONResponse:
-        """Add ``status`` and ``statistics`` to ``body``; HTTP 200 for 200 and 300 (MIXED_RESULT), else ``code``."""
+        """Add ``status`` and ``statistics`` to ``body``; HTTP 200 for 200 and 300 (MIXED_RESULT), else ``code``.
+        A 503 (retry later) says when: ``Retry-After``."""
         body["status"] = self.status(code, text)
         body["statistics"] = {"processing time": time.perf_counter() - self.started}
-        return ApiResponse(body, status_code=200 if code in (200, 300) else code)
+        headers = {"Retry-After": "1"} if code == 503 else None
+        return ApiResponse(body, status_code=200 if code in (200, 300) else code, headers=headers)
+
+
+def request_context(request: Request) -> RequestContext:
+    """The envelope's context of ``request``, with the request_id the app's guard gave it (the one it logs)."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    proc_id: str = request.app.state.proc_id
+    return RequestContext(proc_id, request_id) if request_id else RequestContext(proc_id)
 
 
 def stamp_statuses(context: RequestContext, loaded: Sequence[LoadedRecord]) -> None:

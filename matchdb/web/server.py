@@ -3,12 +3,18 @@
 Why not ``uvicorn.run``: with ``workers > 1`` uvicorn binds the listening socket itself with ``proto`` 0, accepted
 sockets inherit it, and asyncio then skips TCP_NODELAY, so every keep-alive request after the first waits ~40 ms
 for a delayed ACK (uvicorn issue 3149). :class:`TcpConfig` re-labels the listener as TCP.
+
+Shutdown on SIGTERM (or Ctrl-C) is graceful: the listener closes (new connections are refused, not queued), idle
+keep-alive connections close, requests in flight finish (up to ``drain_timeout`` seconds, then they are cancelled),
+the lifespan's shutdown runs, and the command exits 0. Every answered write was committed before its answer left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+import signal
 import socket
 import sys
 from typing import Any
@@ -31,17 +37,32 @@ class TcpConfig(uvicorn.Config):
         return sock
 
 
-def run(host: str, port: int, workers: int) -> None:
-    """Serve until interrupted; with ``workers`` > 1 a supervisor restarts workers that die."""
-    config = TcpConfig(APP, factory=True, host=host, port=port, workers=workers)
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, which also closes its own copy of the listening socket when it stops: while
+    any process holds it open the kernel keeps accepting connections that no worker will ever serve."""
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+
+def run(host: str, port: int, workers: int, drain_timeout: float = 30.0) -> None:
+    """Serve until SIGTERM or SIGINT; with ``workers`` > 1 a supervisor restarts workers that die."""
+    config = TcpConfig(
+        APP, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=math.ceil(drain_timeout)
+    )
     if workers > 1:
-        supervisor: Any = Multiprocess  # older uvicorn releases (the pyproject allows >= 0.30) also take the target
+        supervisor: Any = Supervisor  # older uvicorn releases (the pyproject allows >= 0.30) also take the target
         if "target" in inspect.signature(Multiprocess).parameters:
             supervisor(config, target=uvicorn.Server(config).run, sockets=[config.bind_socket()]).run()
         else:
             supervisor(config, sockets=[config.bind_socket()]).run()
         return
     server = uvicorn.Server(config)
+    # uvicorn raises the signal that stopped it again once it has shut down, to die of it: SIGTERM would then end
+    # the process with status 143 after a clean shutdown. This handler absorbs it, so the command exits 0.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:  # e.g. the port is taken: fail as uvicorn.run does

@@ -15,7 +15,7 @@ from matchdb.hashing import HASH_TYPES
 from matchdb.service import stateless as service
 from matchdb.service.records import ImageLoader
 from matchdb.web.auth import Authenticator, Principal
-from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
+from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, request_context, stamp_statuses
 from matchdb.web.requests import count_field, flag_field, hash_types, number_field, read_json, records_field
 
 SERVICE_INFO = {
@@ -30,7 +30,7 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]
     """Wrap a method: request context, authentication, JSON body; ApiError becomes the enveloped error."""
 
     async def endpoint(request: Request) -> JSONResponse:
-        context = RequestContext(request.app.state.proc_id)
+        context = request_context(request)
         try:
             authenticator: Authenticator = request.app.state.authenticator
             principal = await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))

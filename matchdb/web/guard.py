@@ -1,0 +1,84 @@
+"""The app's outermost middleware: every request gets an answer in the Ximilar envelope, whatever fails inside.
+
+It gives each request its ``request_id`` (``request.state.request_id``, used by the envelope), so the id in a 500's
+body is the one in the log. Any exception that escapes the handlers (an unforeseen bug, a database outage, a
+streaming body that fails) ends here instead of in uvicorn, which would cut the connection, dropping whatever
+request the client had sent next on it:
+
+- the database is unavailable (down, restarting, busy past the retries): 503 with ``Retry-After``, one log line;
+- the collection was deleted while a write was on its way: 404;
+- anything else: 500 with the request_id, and the traceback in the log.
+
+The response's start is held back until its first body chunk, so a streamed body that fails before producing
+anything still becomes an enveloped error. Once body bytes are out the status cannot change any more: the failure
+is logged and the connection closed, so the client sees a truncated answer as an error rather than as a complete
+one. Other middleware (request logging, metrics) belongs inside this one, after it in the middleware list.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from matchdb.storage.records import CollectionGone
+from matchdb.storage.transactions import unavailable
+from matchdb.web.envelope import RequestContext
+
+log = logging.getLogger("matchdb")
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, proc_id: str) -> None:
+        self.app = app
+        self.proc_id = proc_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = RequestContext(self.proc_id)
+        scope.setdefault("state", {})["request_id"] = context.request_id
+        held: Message | None = None
+        body_started = False
+
+        async def send_when_body(message: Message) -> None:
+            nonlocal held, body_started
+            if message["type"] == "http.response.start":
+                held = message
+                return
+            if held is not None:
+                start, held = held, None
+                body_started = True
+                await send(start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_when_body)
+        except Exception as exc:
+            status, text, retry_after = self._classify(exc, context)
+            if body_started:
+                log.error("response of request_id %s failed after it began: connection closed", context.request_id)
+                return
+            response = context.respond({}, status, text)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
+            await response(scope, receive, send)
+            return
+        if held is not None:  # a start without a body: pass it on and let the server judge
+            await send(held)
+
+    def _classify(self, exc: Exception, context: RequestContext) -> tuple[int, str, int | None]:
+        """(status, text, Retry-After) of the answer to a request that raised ``exc``; logs it."""
+        down = unavailable(exc)
+        if down is not None:
+            log.warning("request_id %s: 503, %s (%s)", context.request_id, down, _first_line(exc))
+            return 503, str(down), down.retry_after
+        if isinstance(exc, CollectionGone):
+            return 404, "Unknown collection (it was deleted meanwhile)", None
+        log.error("internal error (request_id %s)", context.request_id, exc_info=exc)
+        return 500, f"Internal server error (request_id {context.request_id})", None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0][:200]
