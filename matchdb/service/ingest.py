@@ -36,10 +36,11 @@ from matchdb.config import Settings
 from matchdb.errors import MatchdbError
 from matchdb.fetch import Fetcher
 from matchdb.hashing import HASH_TYPES, VisualHash, hash_image
-from matchdb.service.collections import COMPUTED, max_bits_within, merge_hits, public_record
+from matchdb.service.collections import max_bits_within, merge_hits
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import fetcher_from_settings
 from matchdb.service.stateless import shown_distance
+from matchdb.service.views import COMPUTED, public_record
 from matchdb.storage import collections as collection_store
 from matchdb.storage.records import NewRecord, StoredRecord, get_by_row_ids, get_records, upsert_records
 from matchdb.storage.tokens import DEFAULT_WORKSPACE

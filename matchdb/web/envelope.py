@@ -20,15 +20,20 @@ from matchdb.errors import MatchdbError
 from matchdb.service.records import LoadedRecord
 
 
-class ApiResponse(JSONResponse):
+def encode_json(content: Any) -> bytes:
     """JSON that never fails to render: a lone surrogate echoed from a request is written escaped (``\\ud800``),
     as the caller sent it, instead of breaking UTF-8 encoding."""
+    try:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class ApiResponse(JSONResponse):
+    """A JSON response rendered by :func:`encode_json`."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        except UnicodeEncodeError:
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+        return encode_json(content)
 
 
 class ApiError(MatchdbError):
@@ -56,9 +61,13 @@ class RequestContext:
 
     def respond(self, body: dict[str, Any], code: int = 200, text: str = "OK") -> JSONResponse:
         """Add ``status`` and ``statistics`` to ``body``; HTTP 200 for 200 and 300 (MIXED_RESULT), else ``code``."""
+        return ApiResponse(self.envelope(body, code, text), status_code=200 if code in (200, 300) else code)
+
+    def envelope(self, body: dict[str, Any], code: int = 200, text: str = "OK") -> dict[str, Any]:
+        """``body`` with ``status`` and ``statistics`` (the processing time until now) added."""
         body["status"] = self.status(code, text)
         body["statistics"] = {"processing time": time.perf_counter() - self.started}
-        return ApiResponse(body, status_code=200 if code in (200, 300) else code)
+        return body
 
 
 def stamp_statuses(context: RequestContext, loaded: Sequence[LoadedRecord]) -> None:
