@@ -19,9 +19,9 @@ from sqlalchemy import Engine
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.rowids import Ids
 from matchdb.service.views import Fields, public_record
-from matchdb.storage.browse import matching_among, matching_row_ids
-from matchdb.storage.records import get_by_row_ids
+from matchdb.storage.browse import ext_ids_by_row_ids, matching_among, matching_row_ids, shown_by_row_ids
 
+ONLY_ID = frozenset({"_id"})
 FETCH_CHUNK = 1000  # records fetched (and streamed out) at a time
 MAX_PROBES = 20_000  # candidates random tests against a filter before it scans for the matches instead
 
@@ -56,9 +56,13 @@ class RecordBrowser:
 
     def records(self, row_ids: Sequence[int] | Ids, fields: Fields) -> list[dict[str, Any]]:
         """The records of ``row_ids`` as the API shows them, in that order (any deleted meanwhile left out)."""
+        keys = [int(i) for i in row_ids]
         with self._engine.connect() as connection:
-            found = get_by_row_ids(connection, [int(i) for i in row_ids])
-        return [public_record(found[int(i)], fields) for i in row_ids if int(i) in found]
+            if fields == ONLY_ID:
+                ext_ids = ext_ids_by_row_ids(connection, keys)
+                return [{"_id": ext_ids[key]} for key in keys if key in ext_ids]
+            found = shown_by_row_ids(connection, keys)
+        return [public_record(found[key], fields) for key in keys if key in found]
 
     def chunks(self, row_ids: Ids, fields: Fields) -> Iterator[list[dict[str, Any]]]:
         """:meth:`records` a chunk at a time, for streaming: memory stays bounded by the chunk."""

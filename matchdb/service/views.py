@@ -8,9 +8,7 @@ stored key: ``_id``, the attributes, ``_url`` when the record was fetched from o
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from matchdb.storage.records import StoredRecord
+from typing import Any, Protocol
 
 ALL_FIELDS = "*"
 ALWAYS_SHOWN = frozenset({"_id", "_status"})
@@ -32,7 +30,22 @@ def fields_of(names: Iterable[str] | None) -> Fields:
     return None if ALL_FIELDS in chosen else chosen
 
 
-def public_record(stored: StoredRecord, fields: Fields = None) -> dict[str, Any]:
+class ShownRecord(Protocol):
+    """A stored record as read from the database (with its hashes or without)."""
+
+    @property
+    def ext_id(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+    @property
+    def source_url(self) -> str | None: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+
+
+def public_record(stored: ShownRecord, fields: Fields = None) -> dict[str, Any]:
     """A stored record as the API shows it, limited to ``fields``."""
     out: dict[str, Any] = {"_id": stored.ext_id, **stored.attributes}
     if stored.source_url:

@@ -70,7 +70,7 @@ def _stream(
     try:
         for records in browser.chunks(ids, fields):
             if records:
-                yield separator + b",".join(encode_json(record) for record in records)
+                yield separator + encode_json(records)[1:-1]  # the list's items, without its brackets
                 separator = b","
     except Exception:
         log.exception("allRecords failed while streaming (request_id %s)", context.request_id)
