@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.servers import matchdb_env, run_matchdb_server
@@ -71,3 +72,20 @@ def test_api_doc_examples_run_against_a_real_server() -> None:
     assert replies[1]["records"][0]["_id"] == "1" and len(replies[1]["records"][0]["phash"]) == 64
     assert [r["_id"] for r in replies[2]["records"][0]["removed_records"]] == ["3"]
     assert replies[3]["answer_distances"][0] == 0.0 and replies[3]["answer_records"][0]["sku"] == 7
+
+
+def test_ximilar_client_doc_example_runs_against_a_real_server() -> None:
+    """docs/ximilar-client.md's example, as written, with Ximilar's real client (only the base URL changed)."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "ximilar-client.md").read_text(), flags=re.S)
+    assert len(blocks) == 2
+    with run_matchdb_server({}) as base_url:
+        script = "\n".join(blocks).replace("http://127.0.0.1:8000", base_url)
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        listed = httpx.post(f"{base_url}/v2/allRecords", json={}, headers={"collection-id": "shop"}).json()
+    assert listed["answer_records"] == [
+        {"_id": "a", "category": "people", "price": 10, "_width": 128, "_height": 128},
+        {"_id": "b", "category": "cats", "price": 9, "_width": 150, "_height": 100},
+    ]

@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.testclient import TestClient
 
 from matchdb.config import Settings
@@ -58,7 +58,9 @@ def _tiny_app(tmp_path: Path) -> Starlette:
         return StreamingResponse(fails_later(), media_type="application/json")
 
     async def database(request: Request) -> Response:
-        engine = make_engine(f"sqlite:///{tmp_path / 'missing-folder' / 'db.sqlite3'}", timeout=0.5)
+        blocker = tmp_path / "a-file-not-a-folder"
+        blocker.write_text("")
+        engine = make_engine(f"sqlite:///{blocker / 'db.sqlite3'}", timeout=0.5)  # cannot be opened
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         return JSONResponse({})
@@ -199,9 +201,9 @@ def test_malformed_requests_on_every_route_and_verb_never_get_a_5xx(app_client: 
     app_client.post("/v2/insert", json={"records": [{"_id": "a", "_base64": _tiny_png()}]}, headers=_hdr(collection))
     answered = 0
     problems: list[str] = []
-    for route in app_client.app.routes:  # type: ignore[attr-defined]
-        path = route.path.replace("{collection_id}", "no-such-collection")
-        for verb in [*sorted(set(route.methods or ()) - {"HEAD"}), "PUT"]:
+    for route_path, methods in _every_route(app_client.app.routes):  # type: ignore[attr-defined]
+        path = route_path.replace("{collection_id}", "no-such-collection")
+        for verb in [*sorted(methods - {"HEAD"}), "PUT"]:
             for body in BAD_BODIES:
                 # with a real collection and a bad query string, then with neither header nor query string
                 for query, headers in ((BAD_QUERY, _hdr(collection)), ("", {})):
@@ -214,6 +216,15 @@ def test_malformed_requests_on_every_route_and_verb_never_get_a_5xx(app_client: 
     assert answered > 500
     stored = app_client.post("/v2/get", json={"records": [{"_id": "a"}]}, headers=_hdr(collection)).json()
     assert stored["status"]["code"] == 200  # and the good record survived it all
+
+
+def _every_route(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, set[str]]]:
+    """(path, methods) of every route, those mounted under a prefix (``/v2``, ``/image_matching/v2``) included."""
+    for route in routes:
+        if isinstance(route, Mount):
+            yield from _every_route(route.routes, prefix + route.path)
+        elif isinstance(route, Route):
+            yield prefix + route.path, set(route.methods or ())
 
 
 def _hdr(collection: str) -> dict[str, str]:

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Float, and_, case, cast, false, func, or_, select
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
@@ -18,11 +19,11 @@ from matchdb.index import Hit
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import ImageLoader, LoadedRecord, RecordFailure
 from matchdb.service.stateless import shown_distance
+from matchdb.service.views import Fields, public_record, stored_attributes
 from matchdb.storage import records as store
+from matchdb.storage.filters import filter_condition
 from matchdb.storage.schema import records as records_table
 from matchdb.storage.transactions import Writer
-
-COMPUTED = ("_id", "_base64", "_url", "_file", "_width", "_height", "_status")
 
 
 class QueryError(ValueError):
@@ -33,21 +34,9 @@ class QueryError(ValueError):
         self.status = status
 
 
-def public_record(stored: store.StoredRecord, fields: Sequence[str] | None = None) -> dict[str, Any]:
-    """A stored record as the API shows it: ``_id``, attributes (or just ``fields``), ``_url``, size."""
-    attributes = (
-        stored.attributes if fields is None else {k: stored.attributes[k] for k in fields if k in stored.attributes}
-    )
-    out: dict[str, Any] = {"_id": stored.ext_id, **attributes}
-    if stored.source_url and (fields is None or "_url" in fields):
-        out["_url"] = stored.source_url
-    out["_width"], out["_height"] = stored.width, stored.height
-    return out
-
-
 def new_record(item: LoadedRecord) -> store.NewRecord:
     assert item.image is not None
-    attributes = {k: v for k, v in item.record.items() if k not in COMPUTED}
+    attributes = stored_attributes(item.record)
     url = item.record.get("_url")
     return store.NewRecord(
         ext_id=str(item.record["_id"]),
@@ -107,10 +96,14 @@ class CollectionService:
             self._writer.run, lambda connection: store.delete_records(connection, collection_id, ext_ids)
         )
 
-    async def update(self, collection_id: str, patches: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return await run_in_threadpool(
-            self._writer.run, lambda connection: store.update_attributes(connection, collection_id, patches)
-        )
+    async def update(self, collection_id: str, patches: dict[str, dict[str, Any]]) -> dict[str, store.StoredRecord]:
+        """Merge each patch; returns the updated records as stored (those that exist)."""
+
+        def write(connection: Connection) -> dict[str, store.StoredRecord]:
+            merged = store.update_attributes(connection, collection_id, patches)
+            return store.get_records(connection, collection_id, list(merged))
+
+        return await run_in_threadpool(self._writer.run, write)
 
     async def get(self, collection_id: str, ext_ids: Sequence[str]) -> dict[str, store.StoredRecord]:
         def read() -> dict[str, store.StoredRecord]:
@@ -139,7 +132,7 @@ class CollectionService:
         k: int,
         radius: float | None,
         filter_: dict[str, Any] | None,
-        fields: Sequence[str] | None,
+        fields: Fields,
         exclude: int | None = None,
     ) -> Answer:
         """The exact k nearest stored records (within ``radius`` if given) among those matching ``filter_``.
@@ -147,19 +140,38 @@ class CollectionService:
         ``queries`` is one hash, or the hashes of the query's orientations (``dihedral``): a record's distance is
         then its smallest over them, and the answer stays exact (see :func:`merge_hits`).
         """
-        kind = queries[0].kind
+        (answer,) = await self.knn_many(collection_id, [(queries, exclude)], k, radius, filter_, fields)
+        return answer
 
-        def run() -> Answer:
+    async def knn_many(
+        self,
+        collection_id: str,
+        searches: Sequence[tuple[Sequence[VisualHash], int | None]],
+        k: int,
+        radius: float | None,
+        filter_: dict[str, Any] | None,
+        fields: Fields,
+    ) -> list[Answer]:
+        """:meth:`knn` for several queries (each its hashes and the row id it excludes) in one go: the filter is
+        evaluated once and the index caught up once (visualKNN's batch form, ``records`` instead of
+        ``query_record``)."""
+
+        def run() -> list[Answer]:
             allowed = self._matching(collection_id, filter_) if filter_ else None
+            loaded = self._registry.get(collection_id, self._index_wait)
+            answers = []
+            for queries, exclude in searches:
 
-            def accept(key: int) -> bool:
-                return key != exclude and (allowed is None or key in allowed)
+                def accept(key: int, exclude: int | None = exclude) -> bool:
+                    return key != exclude and (allowed is None or key in allowed)
 
-            index = self._registry.get(collection_id, self._index_wait).by_kind[kind]
-            max_bits = None if radius is None else max_bits_within(radius, kind)
-            check = accept if (allowed is not None or exclude) else None
-            hits = merge_hits([index.nearest(query.as_int(), k, max_bits, check) for query in queries], k)
-            return self._answer(hits, kind, fields)
+                kind = queries[0].kind
+                max_bits = None if radius is None else max_bits_within(radius, kind)
+                check = accept if (allowed is not None or exclude) else None
+                index = loaded.by_kind[kind]
+                hits = merge_hits([index.nearest(query.as_int(), k, max_bits, check) for query in queries], k)
+                answers.append(self._answer(hits, kind, fields))
+            return answers
 
         return await run_in_threadpool(run)
 
@@ -170,6 +182,7 @@ class CollectionService:
         ext_ids: Sequence[str],
         k: int | None,
         radius: float | None,
+        fields: Fields = None,
     ) -> tuple[Answer, list[str]]:
         """Rank the given stored records against the query (its smallest distance over ``queries``, the query's
         orientations with ``dihedral``); also returns the ``_id`` values not found."""
@@ -186,13 +199,13 @@ class CollectionService:
         if k is not None:
             scored = scored[:k]
         answer = Answer(
-            [public_record(s) for _, _, s in scored],
+            [public_record(s, fields) for _, _, s in scored],
             [shown_distance(bits, kind) for bits, _, _ in scored],
             [bits for bits, _, _ in scored],
         )
         return answer, [e for e in ext_ids if e not in stored]
 
-    def _answer(self, hits: Sequence[Any], kind: str, fields: Sequence[str] | None) -> Answer:
+    def _answer(self, hits: Sequence[Any], kind: str, fields: Fields) -> Answer:
         with self._engine.connect() as connection:
             stored = store.get_by_row_ids(connection, [hit.key for hit in hits])
         answer = Answer()
@@ -208,12 +221,9 @@ class CollectionService:
     def _matching(self, collection_id: str, filter_: dict[str, Any]) -> set[int]:
         """Row ids of the records whose attributes match ``filter_`` (equality, or ``{"$in": [...]}``)."""
         with self._engine.connect() as connection:
-            conditions = [records_table.c.collection_id == collection_id]
-            for key, wanted in filter_.items():
-                values = wanted["$in"] if isinstance(wanted, dict) else [wanted]
-                conditions.append(json_equals_any(connection.dialect.name, key, values))
-            rows = connection.execute(select(records_table.c.id).where(and_(*conditions)))
-            return {int(row[0]) for row in rows}
+            condition = filter_condition(connection.dialect.name, filter_)
+            query = select(records_table.c.id).where(records_table.c.collection_id == collection_id, condition)
+            return {int(row[0]) for row in connection.execute(query)}
 
 
 def validate_filter(filter_: object) -> dict[str, Any] | None:
@@ -231,41 +241,6 @@ def validate_filter(filter_: object) -> dict[str, Any] | None:
         if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
             raise QueryError(400, f"filter on {key!r}: values must be strings, numbers, booleans or null")
     return filter_
-
-
-def json_equals_any(dialect: str, key: str, values: Sequence[Any]) -> ColumnElement[bool]:
-    """SQL for 'attribute ``key`` equals one of ``values``' with JSON's types kept apart ("5" is not 5, true is
-    not 1, null matches a missing key). CASE guards every cast, so a string never reaches a numeric cast."""
-    column = records_table.c.attributes
-    kind: ColumnElement[Any]
-    text_value: ColumnElement[Any]
-    names: dict[str, str | None]
-    if dialect == "postgresql":
-        element = column.op("->")(key)
-        kind = func.json_typeof(element)
-        text_value = column.op("->>")(key)
-        names = {"string": "string", "number": "number", "true": "boolean", "false": "boolean", "null": "null"}
-    else:
-        path = '$."' + key.replace('"', '\\"') + '"'
-        kind = func.json_type(column, path)
-        text_value = func.json_extract(column, path)
-        names = {"string": "text", "number": None, "true": "true", "false": "false", "null": "null"}
-    options: list[ColumnElement[bool]] = []
-    for value in values:
-        if value is None:
-            options.append(or_(kind.is_(None), kind == names["null"]))
-        elif isinstance(value, bool):
-            if dialect == "postgresql":
-                options.append(and_(kind == "boolean", text_value == ("true" if value else "false")))
-            else:
-                options.append(kind == names["true" if value else "false"])
-        elif isinstance(value, (int, float)):
-            is_number = kind == "number" if dialect == "postgresql" else kind.in_(("integer", "real"))
-            numeric = case((is_number, cast(text_value, Float)), else_=None)
-            options.append(numeric == float(value))
-        else:
-            options.append(and_(kind == names["string"], text_value == value))
-    return or_(*options) if options else false()
 
 
 def merge_hits(answers: Sequence[Sequence[Hit]], k: int) -> list[Hit]:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import HammingIndex, NumpyTreeIndex
+from matchdb.service.rowids import RowIds
 from matchdb.storage.changes import ALL_COLLECTIONS, PRUNED, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
 from matchdb.storage.hash_load import load_hashes
@@ -41,6 +42,7 @@ class CollectionIndex:
     """The indexes of one collection, by hash type, and whether they are ready."""
 
     by_kind: dict[str, HammingIndex] = field(default_factory=dict)
+    row_ids: RowIds = field(default_factory=RowIds)  # the live records' row ids, for allRecords and random
     state: str = "loading"
     ready: threading.Event = field(default_factory=threading.Event)
     pending: list[Change] = field(default_factory=list)  # changes seen while loading, replayed when ready
@@ -224,12 +226,14 @@ class IndexRegistry:
             if change.op == "delete" and change.record_id is not None:
                 for index in loaded.by_kind.values():
                     index.remove(change.record_id)
+                loaded.row_ids.remove(change.record_id)
             elif change.op == "upsert" and change.record_id is not None:
                 record = stored.get(change.record_id)
                 if record is None:  # deleted again later in the log
                     continue
                 loaded.by_kind["bmh1"].add(record.row_id, int.from_bytes(record.bmh1, "little"))
                 loaded.by_kind["phash"].add(record.row_id, int.from_bytes(record.phash, "little"))
+                loaded.row_ids.add(record.row_id)
 
     def _load(self, collection_id: str, loaded: CollectionIndex, replaces: bool = False) -> None:
         """Stream the collection's hashes into the fresh indexes, then replay what changed meanwhile.
@@ -243,6 +247,7 @@ class IndexRegistry:
             # Into an empty index a bulk load builds the tree at once, so the first query after "ready" does not.
             loaded.by_kind["bmh1"].bulk_load_packed(stored.keys, stored.bmh1)
             loaded.by_kind["phash"].bulk_load_packed(stored.keys, stored.phash)
+            loaded.row_ids.load(stored.keys)
             del stored
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)

@@ -11,9 +11,10 @@ from sqlalchemy import Engine
 
 from matchdb.errors import MatchdbError
 from matchdb.hashing import VisualHash
-from matchdb.service.collections import max_bits_within, merge_hits, public_record
+from matchdb.service.collections import max_bits_within, merge_hits
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.stateless import shown_distance
+from matchdb.service.views import public_record
 from matchdb.storage import collections as collection_store
 from matchdb.storage.records import get_by_row_ids
 from matchdb.storage.tokens import DEFAULT_WORKSPACE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 from pathlib import Path
@@ -34,7 +35,8 @@ def make_engine(url: str, timeout: float = 10.0) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # the user data dir on first use
+            with contextlib.suppress(OSError):  # if it cannot be made, SQLite says why when it connects
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # the user data dir on first use
         in_memory = parsed.database in (None, "", ":memory:")  # a single-connection pool, without a timeout
         pool = {} if in_memory else {"pool_timeout": timeout}
         engine = create_engine(parsed, connect_args={"timeout": timeout}, **pool)

@@ -16,18 +16,19 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.fetch import Fetcher
+from matchdb.service.browse import RecordBrowser
 from matchdb.service.collections import CollectionService
 from matchdb.service.heartbeat import Heartbeat
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import fetcher_from_settings, loader_from_settings
 from matchdb.storage.database import make_engine
 from matchdb.storage.transactions import Writer
-from matchdb.web import collections, stateless
+from matchdb.web import browse, collections, stateless
 from matchdb.web.auth import Authenticator
 from matchdb.web.envelope import ApiError, error_response, request_context
 from matchdb.web.guard import Guard
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         app.state.collections = CollectionService(
             engine, app.state.loader, app.state.registry, settings.index_wait, writer=writer
         )
+        app.state.browser = RecordBrowser(engine, app.state.registry, settings.index_wait)
         try:
             yield
         finally:
@@ -82,21 +84,28 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
 
+    methods = [
+        Route("/ping", stateless.ping, methods=["GET", "POST"]),
+        Route("/visual_hash", stateless.visual_hash, methods=["POST"]),
+        Route("/remove_duplicates", stateless.remove_duplicates, methods=["POST"]),
+        Route("/rank_images", stateless.rank_images, methods=["POST"]),
+        Route("/insert", collections.insert, methods=["POST"]),
+        Route("/delete", collections.delete, methods=["POST"]),
+        Route("/update", collections.update, methods=["POST"]),
+        Route("/get", collections.get, methods=["POST"]),
+        Route("/allIDs", collections.all_ids, methods=["POST"]),
+        Route("/allRecords", browse.all_records, methods=["POST"]),
+        Route("/random", browse.random_records, methods=["POST"]),
+        Route("/visualKNN", collections.visual_knn, methods=["POST"]),
+        Route("/visualRankRecords", collections.visual_rank_records, methods=["POST"]),
+        Route("/collections", collections.collections_endpoint, methods=["GET", "POST"]),
+        Route("/collections/{collection_id}", collections.collection_delete, methods=["DELETE"]),
+    ]
+    # Every method under /v2/ and under Ximilar's own path, so switching from Ximilar changes only the host.
     routes = [
         Route("/healthz", health, methods=["GET"]),
-        Route("/v2/ping", stateless.ping, methods=["GET", "POST"]),
-        Route("/v2/visual_hash", stateless.visual_hash, methods=["POST"]),
-        Route("/v2/remove_duplicates", stateless.remove_duplicates, methods=["POST"]),
-        Route("/v2/rank_images", stateless.rank_images, methods=["POST"]),
-        Route("/v2/insert", collections.insert, methods=["POST"]),
-        Route("/v2/delete", collections.delete, methods=["POST"]),
-        Route("/v2/update", collections.update, methods=["POST"]),
-        Route("/v2/get", collections.get, methods=["POST"]),
-        Route("/v2/allIDs", collections.all_ids, methods=["POST"]),
-        Route("/v2/visualKNN", collections.visual_knn, methods=["POST"]),
-        Route("/v2/visualRankRecords", collections.visual_rank_records, methods=["POST"]),
-        Route("/v2/collections", collections.collections_endpoint, methods=["GET", "POST"]),
-        Route("/v2/collections/{collection_id}", collections.collection_delete, methods=["DELETE"]),
+        Mount("/v2", routes=methods),
+        Mount("/image_matching/v2", routes=methods),
     ]
     return Starlette(
         routes=routes,

@@ -1,9 +1,11 @@
 """Handlers of the collection methods (API.md section 6): Ximilar's ``insert``, ``delete``, ``update``, ``get``,
-``allIDs``, ``visualKNN``, ``visualRankRecords`` addressed by the ``collection-id`` header, and collection
-management under ``/v2/collections``."""
+``allIDs``, ``visualKNN``, ``visualRankRecords`` addressed by the ``collection-id`` header (the collection's id or
+name), and collection management under ``/v2/collections``. ``allRecords`` and ``random`` are in
+:mod:`matchdb.web.browse`."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import Engine
@@ -12,14 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from matchdb.hashing import VisualHash
-from matchdb.service.collections import CollectionService, QueryError, public_record, validate_filter
+from matchdb.service.collections import Answer, CollectionService, QueryError, validate_filter
 from matchdb.service.indexes import IndexLoading, IndexRegistry
-from matchdb.service.records import LoadedRecord, RecordFailure
+from matchdb.service.records import LoadedRecord, RecordFailure, echo_record
+from matchdb.service.views import CLIENT_ONLY, Fields, project, public_record
 from matchdb.storage import collections as collection_store
 from matchdb.storage.transactions import write_transaction
 from matchdb.web.auth import Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
-from matchdb.web.requests import count_field, flag_field, hash_types, number_field, records_field
+from matchdb.web.requests import count_field, fields_field, flag_field, hash_types, number_field, records_field
 from matchdb.web.stateless import api_method
 
 MAX_PAGE_SIZE = 1000
@@ -40,8 +43,9 @@ def _require_write(principal: Principal) -> None:
         raise ApiError(403, "This token is read-only")
 
 
-async def _collection(request: Request, principal: Principal) -> collection_store.CollectionInfo:
-    """The collection named by the ``collection-id`` header, in the caller's workspace (else 404)."""
+async def collection_of(request: Request, principal: Principal) -> collection_store.CollectionInfo:
+    """The collection named by the ``collection-id`` header (its id, or its name), in the caller's workspace
+    (else 404)."""
     key = request.headers.get("collection-id", "").strip()
     if not key:
         raise ApiError(400, "Missing header 'collection-id'")
@@ -51,7 +55,7 @@ async def _collection(request: Request, principal: Principal) -> collection_stor
             return collection_store.find_collection(connection, principal.workspace, key)
 
     found = await run_in_threadpool(find)
-    if found is None or found.id != key:
+    if found is None:
         raise ApiError(404, f"Unknown collection {key!r}")
     return found
 
@@ -69,10 +73,11 @@ def _ids(records: list[Any]) -> list[LoadedRecord]:
     return out
 
 
-def _outcome(context: RequestContext, items: list[LoadedRecord], body: dict[str, Any]) -> JSONResponse:
+def _outcome(context: RequestContext, items: list[LoadedRecord], fields: Fields = None) -> JSONResponse:
+    """``{"records": [...]}``, each with its ``_status`` and limited to ``fields``; the overall status."""
     stamp_statuses(context, items)
     code, text = batch_outcome(items)
-    return context.respond(body, code, text)
+    return context.respond({"records": [project(item.record, fields) for item in items]}, code, text)
 
 
 def _max_records(request: Request) -> int:
@@ -82,28 +87,30 @@ def _max_records(request: Request) -> int:
 @api_method
 async def insert(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
     _require_write(principal)
-    collection = await _collection(request, principal)
+    collection = await collection_of(request, principal)
     records = records_field(body, _max_records(request))
+    fields = fields_field(body)
     loaded = await _service(request).insert(collection.id, records)
-    return _outcome(context, loaded, {"records": [item.record for item in loaded]})
+    return _outcome(context, loaded, fields)
 
 
 @api_method
 async def delete(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
     _require_write(principal)
-    collection = await _collection(request, principal)
+    collection = await collection_of(request, principal)
     items = _ids(records_field(body, _max_records(request)))
     wanted = [str(i.record["_id"]) for i in items if i.failure is None]
     found = await _service(request).delete(collection.id, wanted)
     items = [_found_or_404(item, str(item.record.get("_id")) in found) for item in items]
-    return _outcome(context, items, {"records": [item.record for item in items]})
+    return _outcome(context, items)
 
 
 @api_method
 async def update(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
     _require_write(principal)
-    collection = await _collection(request, principal)
+    collection = await collection_of(request, principal)
     items = _ids(records_field(body, _max_records(request)))
+    fields = fields_field(body)
     patches: dict[str, dict[str, Any]] = {}
     for index, item in enumerate(items):
         if item.failure is not None:
@@ -112,30 +119,31 @@ async def update(request: Request, context: RequestContext, principal: Principal
             reason = "update changes attributes only: to change the image, delete the record and insert it again"
             items[index] = LoadedRecord(item.record, None, RecordFailure(400, reason))
             continue
-        patch = {k: v for k, v in item.record.items() if not k.startswith("_")}
+        patch = {k: v for k, v in item.record.items() if not k.startswith("_") and k not in CLIENT_ONLY}
         patches[str(item.record["_id"])] = patch
     merged = await _service(request).update(collection.id, patches)
     out = []
     for item in items:
         ext_id = item.record.get("_id")
         if item.failure is None and ext_id in merged:
-            out.append(LoadedRecord({"_id": ext_id, **merged[str(ext_id)]}, None))
+            out.append(LoadedRecord(public_record(merged[str(ext_id)]), None))
         else:
             out.append(_found_or_404(item, False) if item.failure is None else item)
-    return _outcome(context, out, {"records": [item.record for item in out]})
+    return _outcome(context, out, fields)
 
 
 @api_method
 async def get(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
-    collection = await _collection(request, principal)
+    collection = await collection_of(request, principal)
     items = _ids(records_field(body, _max_records(request)))
+    fields = fields_field(body)
     wanted = [str(i.record["_id"]) for i in items if i.failure is None]
     stored = await _service(request).get(collection.id, wanted)
     out = []
     for item in items:
         found = stored.get(str(item.record.get("_id"))) if item.failure is None else None
         out.append(LoadedRecord(public_record(found), None) if found else _found_or_404(item, False))
-    return _outcome(context, out, {"records": [item.record for item in out]})
+    return _outcome(context, out, fields)
 
 
 def _found_or_404(item: LoadedRecord, found: bool) -> LoadedRecord:
@@ -148,7 +156,7 @@ def _found_or_404(item: LoadedRecord, found: bool) -> LoadedRecord:
 async def all_ids(
     request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
 ) -> JSONResponse:
-    collection = await _collection(request, principal)
+    collection = await collection_of(request, principal)
     page = count_field(body, "page") or 1
     page_size = count_field(body, "page_size") or 100
     if page_size > MAX_PAGE_SIZE:
@@ -158,95 +166,115 @@ async def all_ids(
     return context.respond({"ids": ids, "next_page": next_page, "count": count})
 
 
+Query = tuple[LoadedRecord, list[VisualHash], int | None]
+
+
+async def _load_query(request: Request, collection_id: str, raw: object, kind: str, dihedral: bool) -> Query:
+    """A query as (record to echo, hashes, row id to exclude): an image, or a stored record named by ``_id``. With
+    ``dihedral`` the hashes are those of the image's 8 orientations, so it needs the image itself. A query that
+    fails says why in its record's failure (and has no hashes)."""
+    if isinstance(raw, dict) and "_url" not in raw and "_base64" not in raw and "_id" in raw:
+        echo = echo_record(raw, assign_id=False)
+        if dihedral:
+            text = "dihedral needs the query image (_url or _base64): a stored record keeps only its hashes"
+            return LoadedRecord(echo, None, RecordFailure(400, text)), [], None
+        try:
+            stored, value = await _service(request).stored_hash(collection_id, str(raw["_id"]), kind)
+        except QueryError as exc:
+            return LoadedRecord(echo, None, RecordFailure(exc.status, str(exc))), [], None
+        return LoadedRecord(public_record(stored), None), [value], stored.row_id
+    loader = request.app.state.loader
+    item: LoadedRecord = await loader.load(raw, (kind,), assign_id=False, dihedral=dihedral)
+    return item, ([] if item.image is None else item.query_hashes(kind)), None
+
+
 async def _query_hashes(
     request: Request, context: RequestContext, collection_id: str, body: dict[str, Any], kind: str, dihedral: bool
-) -> tuple[LoadedRecord, list[VisualHash], int | None]:
-    """The query as (record to echo, hashes, row id to exclude): an image, or a stored record named by ``_id``.
-    With ``dihedral`` the hashes are those of the image's 8 orientations, so it needs the image itself."""
+) -> Query:
+    """The request's ``query_record``; one that fails fails the request (400, or 404 for an unknown ``_id``)."""
     raw = body.get("query_record")
     if not isinstance(raw, dict):
         raise ApiError(400, "Missing field 'query_record' (an object with _url, _base64 or a stored _id)")
-    service = _service(request)
-    if "_url" not in raw and "_base64" not in raw and "_id" in raw:
-        if dihedral:
-            raise ApiError(
-                400, "dihedral needs the query image (_url or _base64): a stored record keeps only its hashes"
-            )
-        try:
-            stored, value = await service.stored_hash(collection_id, str(raw["_id"]), kind)
-        except QueryError as exc:
-            raise ApiError(exc.status, str(exc)) from exc
-        item = LoadedRecord(public_record(stored), None)
-        stamp_statuses(context, [item])
-        return item, [value], stored.row_id
-    loader = request.app.state.loader
-    item = await loader.load(raw, (kind,), assign_id=False, dihedral=dihedral)
+    item, values, exclude = await _load_query(request, collection_id, raw, kind, dihedral)
     stamp_statuses(context, [item])
-    if item.image is None:
-        raise ApiError(400, f"Query record failed: {item.failure.text if item.failure else 'unknown error'}")
-    return item, item.query_hashes(kind), None
+    if item.failure is not None:
+        if "_url" in raw or "_base64" in raw or "_id" not in raw:
+            raise ApiError(400, f"Query record failed: {item.failure.text}")
+        raise ApiError(item.failure.code, item.failure.text)
+    return item, values, exclude
 
 
-def _fields(body: dict[str, Any]) -> list[str] | None:
-    fields = body.get("fields_to_return")
-    if fields is None:
-        return None
-    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-        raise ApiError(400, "Field 'fields_to_return' must be a list of attribute names")
-    return fields
+def checked_filter(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's ``filter`` (equality and ``$in`` on attributes), checked."""
+    try:
+        return validate_filter(body.get("filter"))
+    except QueryError as exc:
+        raise ApiError(exc.status, str(exc)) from exc
+
+
+def _answer_fields(answer: Answer) -> dict[str, Any]:
+    return {
+        "answer_records": answer.records,
+        "answer_distances": answer.distances,
+        "answer_hamming": answer.hamming,
+        "answer_count": len(answer.records),
+    }
 
 
 @api_method
 async def visual_knn(
     request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
 ) -> JSONResponse:
-    collection = await _collection(request, principal)
+    """One query (``query_record``) or, without one, several (``records``, as Ximilar's client's
+    ``construct_data`` may send): then each comes back with its own answers and ``_status`` (a failed one without
+    answers)."""
+    collection = await collection_of(request, principal)
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
     k = count_field(body, "k") or 10
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
+    fields = fields_field(body)
+    filter_ = checked_filter(body)
+    batch = "query_record" not in body and "records" in body
+    if batch:
+        raws = records_field(body, _max_records(request))
+        queries = list(await asyncio.gather(*(_load_query(request, collection.id, r, kind, dihedral) for r in raws)))
+    else:
+        queries = [await _query_hashes(request, context, collection.id, body, kind, dihedral)]
+    searches = [(values, exclude) for item, values, exclude in queries if item.failure is None]
     try:
-        filter_ = validate_filter(body.get("filter"))
-    except QueryError as exc:
-        raise ApiError(exc.status, str(exc)) from exc
-    query, values, exclude = await _query_hashes(request, context, collection.id, body, kind, dihedral)
-    try:
-        answer = await _service(request).knn(collection.id, values, k, radius, filter_, _fields(body), exclude)
+        answers = iter(await _service(request).knn_many(collection.id, searches, k, radius, filter_, fields))
     except IndexLoading as exc:
         raise ApiError(503, str(exc)) from exc
-    return context.respond(
-        {
-            "answer_records": answer.records,
-            "answer_distances": answer.distances,
-            "answer_hamming": answer.hamming,
-            "answer_count": len(answer.records),
-            "query_records": [query.record],
-        }
-    )
+    if not batch:
+        return context.respond({**_answer_fields(next(answers)), "query_records": [queries[0][0].record]})
+    items = [item for item, _, _ in queries]
+    for item in items:
+        if item.failure is None:
+            item.record.update(_answer_fields(next(answers)))
+    return _outcome(context, items)
 
 
 @api_method
 async def visual_rank_records(
     request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
 ) -> JSONResponse:
-    collection = await _collection(request, principal)
+    collection = await collection_of(request, principal)
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
     items = _ids(records_field(body, _max_records(request)))
     k = count_field(body, "k")
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
+    fields = fields_field(body)
     query, values, _ = await _query_hashes(request, context, collection.id, body, kind, dihedral)
     wanted = [str(i.record["_id"]) for i in items if i.failure is None]
-    answer, missing = await _service(request).rank_records(collection.id, values, wanted, k, radius)
+    answer, missing = await _service(request).rank_records(collection.id, values, wanted, k, radius, fields)
     skipped = [_found_or_404(i, str(i.record.get("_id")) not in missing) for i in items]
     skipped = [i for i in skipped if i.failure is not None]
     stamp_statuses(context, skipped)
     code, text = (200, "OK") if not skipped else (300, "MIXED_RESULT")
     body_out = {
-        "answer_records": answer.records,
-        "answer_distances": answer.distances,
-        "answer_hamming": answer.hamming,
-        "answer_count": len(answer.records),
+        **_answer_fields(answer),
         "query_records": [query.record],
         "skipped_records": [i.record for i in skipped],
     }

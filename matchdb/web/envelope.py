@@ -21,15 +21,20 @@ from matchdb.errors import MatchdbError
 from matchdb.service.records import LoadedRecord
 
 
-class ApiResponse(JSONResponse):
+def encode_json(content: Any) -> bytes:
     """JSON that never fails to render: a lone surrogate echoed from a request is written escaped (``\\ud800``),
     as the caller sent it, instead of breaking UTF-8 encoding."""
+    try:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class ApiResponse(JSONResponse):
+    """A JSON response rendered by :func:`encode_json`."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        except UnicodeEncodeError:
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+        return encode_json(content)
 
 
 class ApiError(MatchdbError):
@@ -58,10 +63,15 @@ class RequestContext:
     def respond(self, body: dict[str, Any], code: int = 200, text: str = "OK") -> JSONResponse:
         """Add ``status`` and ``statistics`` to ``body``; HTTP 200 for 200 and 300 (MIXED_RESULT), else ``code``.
         A 503 (retry later) says when: ``Retry-After``."""
+        headers = {"Retry-After": "1"} if code == 503 else None
+        status_code = 200 if code in (200, 300) else code
+        return ApiResponse(self.envelope(body, code, text), status_code=status_code, headers=headers)
+
+    def envelope(self, body: dict[str, Any], code: int = 200, text: str = "OK") -> dict[str, Any]:
+        """``body`` with ``status`` and ``statistics`` (the processing time until now) added."""
         body["status"] = self.status(code, text)
         body["statistics"] = {"processing time": time.perf_counter() - self.started}
-        headers = {"Retry-After": "1"} if code == 503 else None
-        return ApiResponse(body, status_code=200 if code in (200, 300) else code, headers=headers)
+        return body
 
 
 def request_context(request: Request) -> RequestContext:

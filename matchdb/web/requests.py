@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 
 from matchdb.hashing import HASH_TYPES
+from matchdb.service.views import Fields, fields_of
 from matchdb.web.envelope import ApiError
 
 
@@ -99,4 +100,28 @@ def flag_field(body: dict[str, Any], name: str) -> bool:
         return False
     if not isinstance(value, bool):
         raise ApiError(400, f"Field '{name}' must be true or false, got {json.dumps(value)[:40]}")
+    return value
+
+
+def fields_field(body: dict[str, Any]) -> Fields:
+    """``fields_to_return``: a list of attribute names (``"*"``: all); absent or null: the method's default (all)."""
+    value = body.get("fields_to_return")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ApiError(400, "Field 'fields_to_return' must be a list of attribute names (\"*\" for all)")
+    return fields_of(value)
+
+
+def query_count(request: Request, name: str, default: int, minimum: int) -> int:
+    """An integer query parameter (``allRecords?size=N&page=P``), at least ``minimum``."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum or len(raw) > 18:
+        raise ApiError(400, f"Query parameter '{name}' must be an integer >= {minimum}, got {raw[:40]!r}")
     return value

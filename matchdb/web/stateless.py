@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from matchdb import __version__
 from matchdb.config import Settings
@@ -23,13 +23,13 @@ SERVICE_INFO = {
     "_info": "Get visual hashes, find (near-)duplicate images and rank them",
 }
 
-Handler = Callable[[Request, RequestContext, Principal, dict[str, Any]], Awaitable[JSONResponse]]
+Handler = Callable[[Request, RequestContext, Principal, dict[str, Any]], Awaitable[Response]]
 
 
-def api_method(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
+def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a method: request context, authentication, JSON body; ApiError becomes the enveloped error."""
 
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(request: Request) -> Response:
         context = request_context(request)
         try:
             authenticator: Authenticator = request.app.state.authenticator
