@@ -324,7 +324,7 @@ def test_html_page(folder: Path, tmp_path: Path) -> None:
     result = run(str(folder), "--range", RANGE, "--html", str(page))
     assert result.exit_code == 0, result.stderr
     text = page.read_text()
-    assert text.count('<section class="group"') == 3
+    assert text.count('<section class="group card"') == 3
     assert text.count('<figure class="keep"') == 3 and text.count('<figure class="remove"') == 4
     assert text.count('src="data:image/') == 7
     assert "http" not in text.replace("http-equiv", "")  # self-contained: nothing to fetch

@@ -11,33 +11,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from html import escape
 from pathlib import Path
+from typing import Any
 
 from matchdb.config import Settings
-from matchdb.dedupe.collect import HashTable
+from matchdb.dedupe.grouping import Group, Member
 from matchdb.dedupe.report import Outcome, failures, human_bytes, iso_time, summary_line
 from matchdb.errors import MatchdbError
+from matchdb.pages import render
 from matchdb.service.records import fetcher_from_settings
 from matchdb.service.stateless import shown_distance
 from matchdb.thumbnails import DEFAULT_SIZE, thumbnail_from_bytes
-
-STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin: 0 0 .5em; }
-.params { color: #555; } .params code { background: #eee; padding: 0 .3em; }
-section.group { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 1em; margin: 1em 0; }
-.members { display: flex; flex-wrap: wrap; gap: 1em; }
-figure { margin: 0; width: 180px; padding: 6px; border: 3px solid #ccc; border-radius: 6px; }
-figure.keep { border-color: #2a9d3a; background: #eefbef; }
-figure.remove, figure.moved { border-color: #d9822b; }
-figure.move-failed { border-color: #c0392b; }
-figure img { display: block; max-width: 168px; max-height: 168px; margin: 0 auto; }
-.missing { height: 100px; display: flex; align-items: center; justify-content: center; color: #999; }
-.action { font-weight: bold; text-transform: uppercase; }
-figcaption { font-size: 12px; overflow-wrap: anywhere; }
-table.failed td { padding: 0 1em 0 0; vertical-align: top; }
-"""
 
 
 def thumbnail_of_path(path: str, size: int) -> str | None:
@@ -80,72 +64,48 @@ def make_thumbnails(
 
 
 def to_html(outcome: Outcome, thumbnails: Mapping[int, str | None]) -> str:
-    table = outcome.table
-    params = (
-        f"hash type <code>{escape(outcome.kind)}</code>, range <code>{outcome.range_:g}</code> "
-        f"(at most {outcome.max_bits} differing bits), keep <code>{escape(outcome.keep)}</code>, "
-        f"dihedral <code>{'on' if outcome.dihedral else 'off'}</code>"
-    )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>matchdb dedupe: near-duplicate groups</title>",
-        f"<style>{STYLE}</style></head><body>",
-        "<h1>matchdb dedupe: near-duplicate groups</h1>",
-        f'<p class="params">{params}</p>',
-        f'<p class="summary">{escape(summary_line(outcome))}</p>',
+    """The page (``matchdb/templates/dedupe.html``): groups, kept image first, then what failed to read."""
+    groups = [
+        [_member(outcome, member, action, thumbnails, group) for member, action in outcome.members(group)]
+        for group in outcome.groups
     ]
-    for number, group in enumerate(outcome.groups, start=1):
-        parts.append(f'<section class="group" id="group-{number}">')
-        parts.append(f'<h2>Group {number}: {len(group.removed) + 1} images</h2><div class="members">')
-        for member, action in outcome.members(group):
-            reason = outcome.kept_because(group) if action == "keep" else None
-            parts.append(_figure(outcome, table, member.row, member.bits, member.transform, action, thumbnails, reason))
-        parts.append("</div></section>")
-    if not outcome.groups:
-        parts.append("<p>No near-duplicates found.</p>")
-    failed = failures(table)
-    if failed:
-        parts.append(f'<h2>Failed to read ({len(failed)})</h2><table class="failed">')
-        for item in failed:
-            parts.append(f"<tr><td>{escape(item['source'])}</td><td>{escape(item['error'])}</td></tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def _figure(
-    outcome: Outcome,
-    table: HashTable,
-    row: int,
-    bits: int,
-    transform: str,
-    action: str,
-    thumbnails: Mapping[int, str | None],
-    reason: str | None = None,
-) -> str:
-    label = table.sources[row].label
-    uri = thumbnails.get(row)
-    image = (
-        f'<img src="{escape(uri)}" alt="{escape(label)}" loading="lazy">'
-        if uri
-        else '<div class="missing">no preview</div>'
+    return render(
+        "dedupe.html",
+        kind=outcome.kind,
+        range=f"{outcome.range_:g}",
+        max_bits=outcome.max_bits,
+        keep=outcome.keep,
+        dihedral=outcome.dihedral,
+        summary=summary_line(outcome),
+        groups=groups,
+        failed=failures(outcome.table),
     )
+
+
+def _member(
+    outcome: Outcome, member: Member, action: str, thumbnails: Mapping[int, str | None], group: Group
+) -> dict[str, Any]:
+    """What the page shows of one image: plain values, escaped by the template."""
+    table, row, bits, transform = outcome.table, member.row, member.bits, member.transform
     details = [
         f"{table.width[row]}x{table.height[row]}, {human_bytes(int(table.nbytes[row]))}",
-        f"distance {shown_distance(bits, table.kind):.1f} ({bits} bits)"
-        if action != "keep"
-        else f"kept: {escape(reason or '')}",
+        f"kept: {outcome.kept_because(group)}"
+        if action == "keep"
+        else f"distance {shown_distance(bits, table.kind):.1f} ({bits} bit{'' if bits == 1 else 's'})",
     ]
     if transform != "identity":
-        details.append(f"matches the kept image after {escape(transform)}")
+        details.append(f"matches the kept image after {transform}")
     modified = iso_time(float(table.mtime[row]))
     if modified:
         details.append(f"modified {modified}")
     move = outcome.moves.get(row)
     if move is not None:
-        details.append(f"moved to {escape(str(move.destination))}" if move.error is None else escape(move.error))
-    css = action.replace(" ", "-")
-    caption = "<br>".join([f'<span class="action">{escape(action)}</span>', escape(label), *details])
-    return f'<figure class="{css}" title="{escape(label)}">{image}<figcaption>{caption}</figcaption></figure>'
+        details.append(f"moved to {move.destination}" if move.error is None else move.error)
+    label = table.sources[row].label
+    return {
+        "css": action.replace(" ", "-"),
+        "label": label,
+        "action": action,
+        "thumbnail": thumbnails.get(row),
+        "details": details,
+    }
