@@ -441,4 +441,5 @@ def test_concurrent_requests_are_served_in_parallel(env: Env) -> None:
         assert record["bmh1"] == HASHES[path].hashes["bmh1"].to_string()
         assert record["phash"] == HASHES[path].hashes["phash"].to_string()
     assert len({body["status"]["request_id"] for _, body in results}) == CONCURRENT
-    assert elapsed < SLOW_DELAY * CONCURRENT / 2, f"{CONCURRENT} requests took {elapsed:.2f} s: serialised?"
+    # Served one after the other they would take at least SLOW_DELAY * CONCURRENT; allow a loaded machine the rest.
+    assert elapsed < SLOW_DELAY * (CONCURRENT - 1), f"{CONCURRENT} requests took {elapsed:.2f} s: serialised?"
