@@ -1,6 +1,7 @@
 """Image bytes -> 8-bit pixels, exactly as ``cv2.imdecode(data, cv2.IMREAD_COLOR)`` would see them.
 
-The visual hashes are defined on OpenCV's decoding, so this module reproduces it with Pillow: EXIF orientation
+The visual hashes are defined on OpenCV's decoding, so this module reproduces it: colour and grey JPEGs through
+libjpeg-turbo directly (:mod:`.jpeg`, the same library as OpenCV's), everything else with Pillow: EXIF orientation
 applied, alpha dropped, grey kept as one channel (OpenCV expands it to three equal ones, which hash the same),
 16-bit samples reduced to their high byte, first frame only.
 
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from matchdb.errors import ImageError
+from matchdb.hashing.jpeg import decode_jpeg, exif_orientation
 
 #: Formats matchdb accepts (Pillow names; the JPEG plugin also opens MPO, the multi-picture JPEG of some cameras).
 FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "GIF", "BMP")
@@ -73,12 +75,20 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pixels:
     """Decode image bytes; raise :class:`ImageError` with a user-readable message on any failure."""
     if not data:
         raise ImageError("cannot identify image: empty data")
+    fast = decode_jpeg(data, max_pixels)
+    if fast is not None:
+        return Pixels(*fast)
+    return decode_with_pillow(data, max_pixels)
+
+
+def decode_with_pillow(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pixels:
+    """Pillow's path: every format, and the JPEGs :mod:`.jpeg` leaves (or all of them without simplejpeg)."""
     image = _open(data, max_pixels)
     try:
         array = _load_array(image)
         if image.format == "TIFF" and image.mode == "RGBA":
             array = _premultiply(array, image)
-        orientation = _orientation(image)
+        orientation = exif_orientation(data) if image.format in ("JPEG", "MPO") else _orientation(image)
     except ImageError:
         raise
     except _DECODER_ERRORS as exc:
@@ -201,7 +211,7 @@ def _decode_into_numpy(image: ImageFile.ImageFile, bytes_per_pixel: int) -> np.n
 
 
 def _orientation(image: Image.Image) -> int:
-    if image.format not in ("JPEG", "MPO", "TIFF", "PNG", "WEBP"):
+    if image.format not in ("TIFF", "PNG", "WEBP"):
         return 1
     try:
         value = image.getexif().get(_ORIENTATION_TAG, 1)
