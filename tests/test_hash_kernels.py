@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import zlib
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from matchdb.hashing import Pixels, VisualHash, decode_image, hash_image, kernel
 from matchdb.hashing.algorithms import bmh1, bmh1_numpy, phash, phash_numpy
 from matchdb.hashing.decode import decode_with_pillow
 from matchdb.hashing.jpeg import decode_jpeg, exif_orientation
+from matchdb.hashing.png import decode_png
 from matchdb.hashing.resize import grey_image, resize_grey
 from tests.conftest import CorpusImage
 from tests.imagegen import encode, photo_like, with_orientation
@@ -29,6 +31,7 @@ from tests.test_hash_exact import GENERATED, opencv_hashes
 cv2 = pytest.importorskip("cv2")
 
 JPEGS = sorted(name for name in GENERATED if name.endswith(".jpg"))
+PNGS = sorted(name for name in GENERATED if name.endswith(".png"))
 
 
 def reference_hashes(pixels: Pixels) -> dict[str, VisualHash]:
@@ -50,14 +53,15 @@ def test_kernels_are_compiled_here() -> None:
     height=st.integers(1, 700),
     width=st.integers(1, 700),
     orientation=st.integers(1, 8),
-    grey=st.booleans(),
+    channels=st.sampled_from([1, 3, 4]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_kernels_equal_numpy(height: int, width: int, orientation: int, grey: bool, seed: int) -> None:
-    """Random pixels of any size (up- and downscales, 1-pixel edges) under every orientation: same grey images,
-    same bits."""
+def test_kernels_equal_numpy(height: int, width: int, orientation: int, channels: int, seed: int) -> None:
+    """Random pixels of any size (up- and downscales, 1-pixel edges), every layout, under every orientation: same
+    grey images, same bits."""
     rng = np.random.default_rng(seed)
-    pixels = Pixels(rng.integers(0, 256, (height, width) if grey else (height, width, 4), dtype=np.uint8), orientation)
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    pixels = Pixels(rng.integers(0, 256, shape, dtype=np.uint8), orientation)
     small, large = grey_image(pixels, 32), grey_image(pixels, 256)
     np.testing.assert_array_equal(small, resize_grey(pixels, 32))
     np.testing.assert_array_equal(large, resize_grey(pixels, 256))
@@ -122,6 +126,62 @@ def test_jpeg_fast_path_leaves_the_rest_to_pillow() -> None:
     assert decode_jpeg(jpeg, 64 * 48 - 1) is None  # over the cap: Pillow's path raises our error
     assert decode_jpeg(encode(rgb, "PNG"), 10**8) is None
     assert decode_jpeg(jpeg, 64 * 48) is not None
+
+
+@pytest.mark.parametrize("name", PNGS)
+def test_png_fast_path_equals_pillow_path_or_leaves_the_file_to_it(name: str) -> None:
+    data = GENERATED[name]
+    fast = decode_png(data, 10**8)
+    plain = data[24] == 8 and data[25] in (0, 2, 6)  # IHDR bit depth and colour type
+    assert (fast is not None) == plain, "plain 8-bit grey/RGB/RGBA PNGs take libpng, the rest Pillow"
+    if fast is not None:
+        slow = decode_with_pillow(data)
+        assert fast[1] == slow.orientation
+        np.testing.assert_array_equal(Pixels(*fast).array[..., :3], slow.array[..., :3])
+
+
+@pytest.mark.corpus
+def test_png_fast_path_takes_the_corpus_pngs(corpus: list[CorpusImage]) -> None:
+    pngs = [image for image in corpus if image.path.suffix.lower() == ".png"]
+    assert len(pngs) >= 10
+    for image in pngs:
+        data = image.path.read_bytes()
+        fast = decode_png(data, 10**8)
+        assert fast is not None, image.name
+        slow = decode_with_pillow(data)
+        assert fast[1] == slow.orientation
+        np.testing.assert_array_equal(Pixels(*fast).array[..., :3], slow.array[..., :3])
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_png_fast_path_orientation_is_pillows() -> None:
+    """Orientation in an eXIf chunk or in XMP, before the image data: read as Pillow's path reads it; after the
+    image data, or in an animation: left to Pillow's path."""
+    plain = encode(Image.fromarray(photo_like(40, 30, 4)), "PNG")
+    after_ihdr, before_iend = 8 + 25, len(plain) - 12  # after the signature and IHDR; before IEND
+    exif = _png_chunk(b"eXIf", _exif("II", [(0x0112, 3, 1, struct.pack("<HH", 6, 0))])[6:])
+    xmp = _png_chunk(b"iTXt", b'XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta tiff:Orientation="8"/>')
+    text = _png_chunk(b"tEXt", b"Software\x00matchdb")
+    for chunk, orientation in ((exif, 6), (xmp, 8), (text, 1)):
+        data = plain[:after_ihdr] + chunk + plain[after_ihdr:]
+        fast = decode_png(data, 10**8)
+        assert fast is not None and fast[1] == orientation == decode_with_pillow(data).orientation
+        np.testing.assert_array_equal(Pixels(*fast).array[..., :3], decode_with_pillow(data).array[..., :3])
+    assert decode_png(plain[:before_iend] + exif + plain[before_iend:], 10**8) is None
+    assert (
+        decode_png(plain[:after_ihdr] + _png_chunk(b"acTL", struct.pack(">II", 1, 0)) + plain[after_ihdr:], 10**8)
+        is None
+    )
+
+
+def test_png_fast_path_leaves_broken_files_to_pillow() -> None:
+    plain = encode(Image.fromarray(photo_like(40, 30, 4)), "PNG")
+    assert decode_png(plain, 10**8) is not None
+    assert decode_png(plain[:-30], 10**8) is None  # truncated: Pillow's path raises our error
+    assert decode_png(plain, 40 * 30 - 1) is None  # over the cap: Pillow's path raises our error
 
 
 def _exif(order: str, entries: list[tuple[int, int, int, bytes]], ifd_offset: int = 8) -> bytes:
@@ -225,4 +285,4 @@ def test_a_fresh_process_loads_the_kernels_from_the_disk_cache(probe_image: tupl
     assert compiled is not None
     dispatchers: list[Any] = list(compiled)  # numba dispatchers
     signatures = sum(len(kernel.signatures) for kernel in dispatchers)
-    assert fresh["cache_hits"] == signatures  # every kernel loaded, none compiled again
+    assert fresh["cache_hits"] == signatures, [kernel.signatures for kernel in dispatchers]

@@ -39,9 +39,9 @@ def decode_jpeg(data: bytes, max_pixels: int) -> tuple[np.ndarray, int] | None:
     grey = _COLOURSPACES.get(colourspace)
     if grey is None or not 0 < width * height <= max_pixels:
         return None
-    buffer = np.empty((height, width) if grey else (height, width, 4), dtype=np.uint8)
+    buffer = np.empty((height, width) if grey else (height, width, 3), dtype=np.uint8)
     try:
-        simplejpeg.decode_jpeg(data, "GRAY" if grey else "RGBX", buffer=buffer, strict=True)
+        simplejpeg.decode_jpeg(data, "GRAY" if grey else "RGB", buffer=buffer, strict=True)
     except ValueError:
         return None
     return buffer, exif_orientation(data)

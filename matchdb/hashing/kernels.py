@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 
 class Kernels(NamedTuple):
-    """The compiled kernels (numba dispatchers: each compiles, or loads from the cache, at its first call)."""
+    """The compiled kernels (numba dispatchers)."""
 
     grey_image: Callable[..., None]
     bmh1_bits: Callable[..., None]
@@ -32,26 +32,43 @@ class Kernels(NamedTuple):
 
 @functools.cache
 def compiled() -> Kernels | None:
-    """The kernels, or None when numba is missing or its JIT is disabled."""
+    """The kernels, compiled or loaded from the cache on the first call; None when numba is missing or its JIT is
+    disabled.
+
+    Each has one explicit signature whose inputs are read-only arrays: writable ones convert to it, so a buffer
+    that happens to be read-only (numpy's view of a Pillow image) does not cost a second compilation.
+    """
     try:
         import numba
+        from numba import types
     except ImportError:  # pragma: no cover - numba is a dependency; this keeps a platform without its wheels working
         return None
     if getattr(numba.config, "DISABLE_JIT", False):
         return None
 
-    def jit(function: Callable[..., None]) -> Callable[..., None]:
-        try:
-            return numba.njit(cache=True, nogil=True)(function)
-        except RuntimeError:  # no writable cache location at all
-            return numba.njit(nogil=True)(function)
+    def array(dtype: Any, ndim: int, readonly: bool = True) -> Any:
+        return types.Array(dtype, ndim, "C", readonly=readonly)
 
-    return Kernels(jit(_grey_image), jit(_bmh1_bits), jit(_phash_bits))
+    def jit(signature: Any, function: Callable[..., None]) -> Callable[..., None]:
+        try:
+            kernel: Callable[..., None] = numba.njit(signature, cache=True, nogil=True)(function)
+        except RuntimeError:  # no writable cache location at all
+            kernel = numba.njit(signature, nogil=True)(function)
+        return kernel
+
+    offsets, weights, out = array(types.int64, 1), array(types.int32, 1), array(types.uint8, 2, readonly=False)
+    grey = types.void(array(types.uint8, 1), types.int64, offsets, offsets, weights, offsets, offsets, weights, out)
+    bits = array(types.uint8, 1, readonly=False)
+    return Kernels(
+        jit(grey, _grey_image),
+        jit(types.void(array(types.uint8, 2), bits), _bmh1_bits),
+        jit(types.void(array(types.uint8, 2), array(types.float64, 2), bits), _phash_bits),
+    )
 
 
 def _grey_image(
     pixels: np.ndarray,
-    grey: bool,
+    channels: int,
     rows0: np.ndarray,
     rows1: np.ndarray,
     wy: np.ndarray,
@@ -60,11 +77,11 @@ def _grey_image(
     wx: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """``pixels``: the decode buffer flat, as uint32 words for RGBX (red in the low byte) or uint8 for ``grey``.
+    """``pixels``: the decode buffer as flat bytes, ``channels`` a pixel (1: grey, 3: RGB, 4: RGB and one ignored).
 
-    ``rows*`` and ``cols*`` are the offsets (in those units) of the first and second tap of each output row and
-    column, the orientation folded in; ``wy``/``wx`` the second tap's weight out of 256. A grey source is OpenCV's
-    three equal channels, whose grey value is the channel itself.
+    ``rows*`` and ``cols*`` are the byte offsets of the first and second tap of each output row and column, the
+    orientation folded in; ``wy``/``wx`` the second tap's weight out of 256. A grey source is OpenCV's three equal
+    channels, whose grey value is the channel itself.
     """
     size_y, size_x = out.shape
     for i in range(size_y):
@@ -72,20 +89,19 @@ def _grey_image(
         b = np.int32(wy[i])
         a = 256 - b
         for j in range(size_x):
-            left, right = cols0[j], cols1[j]
+            k00, k01 = top + cols0[j], top + cols1[j]
+            k10, k11 = bottom + cols0[j], bottom + cols1[j]
             q = np.int32(wx[j])
             p = 256 - q
-            w00 = np.int32(pixels[top + left])
-            w01 = np.int32(pixels[top + right])
-            w10 = np.int32(pixels[bottom + left])
-            w11 = np.int32(pixels[bottom + right])
-            if grey:
-                out[i, j] = (a * (p * w00 + q * w01) + b * (p * w10 + q * w11) + 32768) >> 16
+            if channels == 1:
+                upper = p * np.int32(pixels[k00]) + q * np.int32(pixels[k01])
+                lower = p * np.int32(pixels[k10]) + q * np.int32(pixels[k11])
+                out[i, j] = (a * upper + b * lower + 32768) >> 16
                 continue
             value = np.int32(16384)
-            for shift, weight in ((0, 9798), (8, 19235), (16, 3735)):  # R, G, B
-                upper = p * ((w00 >> shift) & 255) + q * ((w01 >> shift) & 255)
-                lower = p * ((w10 >> shift) & 255) + q * ((w11 >> shift) & 255)
+            for channel, weight in ((0, 9798), (1, 19235), (2, 3735)):  # R, G, B
+                upper = p * np.int32(pixels[k00 + channel]) + q * np.int32(pixels[k01 + channel])
+                lower = p * np.int32(pixels[k10 + channel]) + q * np.int32(pixels[k11 + channel])
                 value += weight * ((a * upper + b * lower + 32768) >> 16)
             out[i, j] = value >> 15
 
@@ -163,12 +179,12 @@ def phash_bytes(kernels: Kernels, grey: np.ndarray, basis: np.ndarray) -> bytes:
 def grey_thumbnail(
     kernels: Kernels,
     flat: np.ndarray,
-    grey: bool,
+    channels: int,
     rows: tuple[np.ndarray, np.ndarray, np.ndarray],
     cols: tuple[np.ndarray, np.ndarray, np.ndarray],
     size: int,
 ) -> np.ndarray:
-    """Run the grey kernel for one output size; ``flat`` is the buffer as uint8 (grey) or uint32 (RGBX) words."""
+    """Run the grey kernel for one output size on the decode buffer ``flat`` (bytes, ``channels`` a pixel)."""
     out = np.empty((size, size), dtype=np.uint8)
-    kernels.grey_image(flat, grey, rows[0], rows[1], rows[2], cols[0], cols[1], cols[2], out)
+    kernels.grey_image(flat, channels, rows[0], rows[1], rows[2], cols[0], cols[1], cols[2], out)
     return out
