@@ -7,9 +7,10 @@ Run from the repository root:
 Every pipeline runs in this one process, single-threaded, on bytes already read into memory, so file I/O and
 thread pools do not blur the comparison. Each repeat runs every pipeline over the whole set (in a rotated order),
 so machine noise during a repeat hits all pipelines alike. Each image call is timed on its own with
-``time.perf_counter`` and the per-call times are aggregated afterwards, which gives both total throughput and
-per-image medians. Before timing, every image's matchdb hashes are compared with OpenCV's: the differing bits are
-printed with each set (a speed is only worth comparing at 0).
+``time.perf_counter`` (or, with ``--clock cpu``, the thread's CPU time, which leaves out the time other processes
+on a shared machine take the core away) and the per-call times are aggregated afterwards, which gives both total
+throughput and per-image medians. Before timing, every image's matchdb hashes are compared with OpenCV's: the
+differing bits are printed with each set (a speed is only worth comparing at 0).
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=Path(default_corpus), help="corpus directory (photos/, large/)")
     parser.add_argument("--repeats", type=int, default=3, help="passes over each set per pipeline (default 3)")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures as JSON to this path")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time.perf_counter or time.thread_time (shared machine)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -148,11 +155,10 @@ def build_pipelines() -> dict[str, Pipeline]:
     }
 
 
-def time_pass(fn: Pipeline, images: Sequence[bytes]) -> list[float]:
+def time_pass(fn: Pipeline, images: Sequence[bytes], clock: Callable[[], float]) -> list[float]:
     """Time each image call individually (seconds), so per-image medians exist alongside totals."""
     gc.collect()
     times: list[float] = []
-    clock = time.perf_counter
     for data in images:
         start = clock()
         fn(data)
@@ -160,7 +166,9 @@ def time_pass(fn: Pipeline, images: Sequence[bytes]) -> list[float]:
     return times
 
 
-def run_set(pipelines: dict[str, Pipeline], images: Sequence[bytes], repeats: int) -> dict[str, list[list[float]]]:
+def run_set(
+    pipelines: dict[str, Pipeline], images: Sequence[bytes], repeats: int, clock: Callable[[], float]
+) -> dict[str, list[list[float]]]:
     """Run all pipelines per repeat, rotating their order so none always runs first or last."""
     names = list(pipelines)
     for name in names:  # warm-up: first-call imports, lazy plugin loading, allocator growth
@@ -169,7 +177,7 @@ def run_set(pipelines: dict[str, Pipeline], images: Sequence[bytes], repeats: in
     for rep in range(repeats):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
-            timings[name].append(time_pass(pipelines[name], images))
+            timings[name].append(time_pass(pipelines[name], images, clock))
         print(f"  repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
     return timings
 
@@ -295,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = load_set(corpus / set_name)
         print(f"timing {set_name} ({len(images)} images)...", file=sys.stderr, flush=True)
         bits = differing_bits(images)
-        reports.append(summarise(set_name, images, run_set(pipelines, images, args.repeats), bits))
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        reports.append(summarise(set_name, images, run_set(pipelines, images, args.repeats, clock), bits))
         print_report(reports[-1])
     if args.json is not None:
         write_json(args.json, facts, corpus, reports)
