@@ -7,8 +7,10 @@ Run from the repository root:
 Every pipeline runs in this one process, single-threaded, on bytes already read into memory, so file I/O and
 thread pools do not blur the comparison. Each repeat runs every pipeline over the whole set (in a rotated order),
 so machine noise during a repeat hits all pipelines alike. Each image call is timed on its own with
-``time.perf_counter`` and the per-call times are aggregated afterwards, which gives both total throughput and
-per-image medians.
+``time.perf_counter`` (or, with ``--clock cpu``, the thread's CPU time, which leaves out the time other processes
+on a shared machine take the core away) and the per-call times are aggregated afterwards, which gives both total
+throughput and per-image medians. Before timing, every image's matchdb hashes are compared with OpenCV's: the
+differing bits are printed with each set (a speed is only worth comparing at 0).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class SetReport:
     pipelines: list[PipelineStats]
     hashing_share_vs_pillow_decode: float
     hashing_share_vs_matchdb_decode: float
+    differing_bits: int
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,6 +80,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=Path(default_corpus), help="corpus directory (photos/, large/)")
     parser.add_argument("--repeats", type=int, default=3, help="passes over each set per pipeline (default 3)")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures as JSON to this path")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time.perf_counter or time.thread_time (shared machine)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -118,6 +127,23 @@ def imagehash_phash(data: bytes) -> object:
     return imagehash.phash(PIL.Image.open(io.BytesIO(data)))
 
 
+def differing_bits(images: Sequence[bytes]) -> int:
+    """Bits in which matchdb's bmh1 and phash differ from OpenCV's over the whole set (the speed is only worth
+    comparing while this is 0)."""
+    block_mean: cv2.img_hash.ImgHashBase = cv2.img_hash.BlockMeanHash_create(1)  # type: ignore[attr-defined]
+    phash: cv2.img_hash.ImgHashBase = cv2.img_hash.PHash_create()  # type: ignore[attr-defined]
+    total = 0
+    for data in images:
+        ours = hash_image(data).hashes
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError("cv2.imdecode failed")
+        for kind, hasher in (("bmh1", block_mean), ("phash", phash)):
+            theirs = int.from_bytes(hasher.compute(image).tobytes(), "little")
+            total += (ours[kind].as_int() ^ theirs).bit_count()
+    return total
+
+
 def build_pipelines() -> dict[str, Pipeline]:
     """All timed pipelines by name; matchdb first since every ratio is taken against it."""
     return {
@@ -129,11 +155,10 @@ def build_pipelines() -> dict[str, Pipeline]:
     }
 
 
-def time_pass(fn: Pipeline, images: Sequence[bytes]) -> list[float]:
+def time_pass(fn: Pipeline, images: Sequence[bytes], clock: Callable[[], float]) -> list[float]:
     """Time each image call individually (seconds), so per-image medians exist alongside totals."""
     gc.collect()
     times: list[float] = []
-    clock = time.perf_counter
     for data in images:
         start = clock()
         fn(data)
@@ -141,7 +166,9 @@ def time_pass(fn: Pipeline, images: Sequence[bytes]) -> list[float]:
     return times
 
 
-def run_set(pipelines: dict[str, Pipeline], images: Sequence[bytes], repeats: int) -> dict[str, list[list[float]]]:
+def run_set(
+    pipelines: dict[str, Pipeline], images: Sequence[bytes], repeats: int, clock: Callable[[], float]
+) -> dict[str, list[list[float]]]:
     """Run all pipelines per repeat, rotating their order so none always runs first or last."""
     names = list(pipelines)
     for name in names:  # warm-up: first-call imports, lazy plugin loading, allocator growth
@@ -150,7 +177,7 @@ def run_set(pipelines: dict[str, Pipeline], images: Sequence[bytes], repeats: in
     for rep in range(repeats):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
-            timings[name].append(time_pass(pipelines[name], images))
+            timings[name].append(time_pass(pipelines[name], images, clock))
         print(f"  repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
     return timings
 
@@ -183,7 +210,7 @@ def pipeline_stats(name: str, passes: list[list[float]], ref: list[list[float]])
     )
 
 
-def summarise(name: str, images: Sequence[bytes], timings: dict[str, list[list[float]]]) -> SetReport:
+def summarise(name: str, images: Sequence[bytes], timings: dict[str, list[list[float]]], bits: int) -> SetReport:
     """Turn raw timings into the per-set report, including matchdb's hashing share over decode."""
     ref = timings[REFERENCE]
     matchdb_total = median_total(ref)
@@ -197,6 +224,7 @@ def summarise(name: str, images: Sequence[bytes], timings: dict[str, list[list[f
         pipelines=[pipeline_stats(p, passes, ref) for p, passes in timings.items()],
         hashing_share_vs_pillow_decode=(matchdb_total - pillow_total) / pillow_total,
         hashing_share_vs_matchdb_decode=(matchdb_total - own_decode_total) / own_decode_total,
+        differing_bits=bits,
     )
 
 
@@ -222,6 +250,7 @@ def machine_facts() -> dict[str, Any]:
         "opencv": cv2.__version__,
         "imagehash": str(imagehash.__version__),
         "opencv_threads": cv2.getNumThreads(),
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -251,6 +280,7 @@ def print_report(report: SetReport) -> None:
         )
     print(f"  matchdb hashing share on top of Pillow decode:   {report.hashing_share_vs_pillow_decode:+.1%}")
     print(f"  matchdb hashing share on top of matchdb decode:  {report.hashing_share_vs_matchdb_decode:+.1%}")
+    print(f"  bits differing from OpenCV (bmh1 + phash, all images): {report.differing_bits}")
 
 
 def write_json(path: Path, facts: dict[str, Any], corpus: Path, reports: list[SetReport]) -> None:
@@ -272,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for set_name in SETS:
         images = load_set(corpus / set_name)
         print(f"timing {set_name} ({len(images)} images)...", file=sys.stderr, flush=True)
-        reports.append(summarise(set_name, images, run_set(pipelines, images, args.repeats)))
+        bits = differing_bits(images)
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        reports.append(summarise(set_name, images, run_set(pipelines, images, args.repeats, clock), bits))
         print_report(reports[-1])
     if args.json is not None:
         write_json(args.json, facts, corpus, reports)

@@ -72,9 +72,15 @@ def test_unsupported_format_is_refused() -> None:
 
 def test_layout_rgb_jpeg_is_decoded_straight_into_numpy() -> None:
     pixels = decode_image(rgb_jpeg(64, 48))
+    assert pixels.buffer.shape == (48, 64, 3)
+    assert pixels.buffer.flags.owndata, "the fast path (libjpeg-turbo decoding into our buffer) was not taken"
+    assert (pixels.width, pixels.height, pixels.is_grey) == (64, 48, False)
+
+
+def test_layout_of_pillow_decoded_rgb() -> None:
+    pixels = decode_image(encode(Image.fromarray(photo_like(64, 48, 1)), "TIFF"))
     assert pixels.buffer.shape == (48, 64, 4)
     assert pixels.buffer.flags.owndata, "the fast path (Pillow decoding into our buffer) was not taken"
-    assert (pixels.width, pixels.height, pixels.is_grey) == (64, 48, False)
 
 
 def test_layout_grey() -> None:

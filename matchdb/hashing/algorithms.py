@@ -1,4 +1,8 @@
-"""bmh1 (OpenCV BlockMeanHash, mode 1) and phash (OpenCV PHash), from the grey images of :mod:`.resize`."""
+"""bmh1 (OpenCV BlockMeanHash, mode 1) and phash (OpenCV PHash), from the grey images of :mod:`.resize`.
+
+``bmh1_numpy`` and ``phash_numpy`` are the readable definitions (and the path without numba); ``bmh1`` and
+``phash`` run the same arithmetic compiled (:mod:`.kernels`) when it is available. Both are tested against OpenCV.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from matchdb.hashing import kernels
 from matchdb.hashing.value import VisualHash
 
 BMH1_SIZE = 256
@@ -13,14 +18,36 @@ PHASH_SIZE = 32
 
 
 def bmh1(grey: np.ndarray) -> VisualHash:
+    """bmh1 of a 256 x 256 grey image (see :func:`bmh1_numpy`)."""
+    compiled = kernels.compiled()
+    if compiled is None or grey.dtype != np.uint8:
+        return bmh1_numpy(grey)
+    _check(grey, BMH1_SIZE, "bmh1")
+    return VisualHash("bmh1", kernels.bmh1_bytes(compiled, np.ascontiguousarray(grey)))
+
+
+def phash(grey: np.ndarray) -> VisualHash:
+    """phash of a 32 x 32 grey image (see :func:`phash_numpy`)."""
+    compiled = kernels.compiled()
+    if compiled is None or grey.dtype != np.uint8:
+        return phash_numpy(grey)
+    _check(grey, PHASH_SIZE, "phash")
+    return VisualHash("phash", kernels.phash_bytes(compiled, np.ascontiguousarray(grey), _dct_matrix()))
+
+
+def _check(grey: np.ndarray, size: int, kind: str) -> None:
+    if grey.shape != (size, size):
+        raise ValueError(f"{kind} needs a {size}x{size} grey image")
+
+
+def bmh1_numpy(grey: np.ndarray) -> VisualHash:
     """31 x 31 overlapping 16 x 16 blocks at step 8; bit = block mean >= mean of the whole image.
 
     Compared in integers (``block_sum * 256 >= total``), which is what OpenCV's double arithmetic gives exactly.
     The 8 x 8 cell sums come from two float32 products with a vector of ones (BLAS, several times faster than
     ``sum``): exact, since every sum is below 2**24.
     """
-    if grey.shape != (BMH1_SIZE, BMH1_SIZE):
-        raise ValueError(f"bmh1 needs a {BMH1_SIZE}x{BMH1_SIZE} grey image")
+    _check(grey, BMH1_SIZE, "bmh1")
     ones = np.ones(8, dtype=np.float32)
     row_cells = grey.astype(np.float32).reshape(256, 32, 8) @ ones  # 256 x 32: sums of 8 pixels across
     cells = (row_cells.reshape(32, 8, 32).transpose(0, 2, 1) @ ones).astype(np.int64)  # 32 x 32 cell sums
@@ -41,15 +68,14 @@ def _dct_matrix() -> np.ndarray:
     return basis
 
 
-def phash(grey: np.ndarray) -> VisualHash:
+def phash_numpy(grey: np.ndarray) -> VisualHash:
     """Top-left 8 x 8 of the 2-D DCT, DC set to 0; bit = coefficient > mean of those 64 values.
 
     Each 1-D pass takes the AC terms of the vector minus its first element (the same coefficients, since every AC
     basis vector sums to zero) and the DC term from the sum: a constant row or column then gives exact zeros, as
     OpenCV's DCT does, so flat images cannot flip bits through float round-off.
     """
-    if grey.shape != (PHASH_SIZE, PHASH_SIZE):
-        raise ValueError(f"phash needs a {PHASH_SIZE}x{PHASH_SIZE} grey image")
+    _check(grey, PHASH_SIZE, "phash")
     rows = _dct_first8(grey.astype(np.float64))  # 32 x 8: DCT of each row
     coeffs = _dct_first8(rows.T).T.astype(np.float32)  # 8 x 8
     coeffs[0, 0] = 0.0

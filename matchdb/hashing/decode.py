@@ -1,8 +1,9 @@
 """Image bytes -> 8-bit pixels, exactly as ``cv2.imdecode(data, cv2.IMREAD_COLOR)`` would see them.
 
-The visual hashes are defined on OpenCV's decoding, so this module reproduces it with Pillow: EXIF orientation
-applied, alpha dropped, grey kept as one channel (OpenCV expands it to three equal ones, which hash the same),
-16-bit samples reduced to their high byte, first frame only.
+The visual hashes are defined on OpenCV's decoding, so this module reproduces it: colour and grey JPEGs through
+libjpeg-turbo directly (:mod:`.jpeg`, the same library as OpenCV's), plain 8-bit PNGs through libpng (:mod:`.png`),
+everything else with Pillow: EXIF orientation applied, alpha dropped, grey kept as one channel (OpenCV expands it to
+three equal ones, which hash the same), 16-bit samples reduced to their high byte, first frame only.
 
 Speed matters here: the common modes (RGB, RGBA, L) are decoded straight into a numpy buffer that this module
 owns, and orientation is applied as a numpy view, so no full-image copy is ever made. The hashes then read only
@@ -20,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from matchdb.errors import ImageError
+from matchdb.hashing.jpeg import decode_jpeg, exif_orientation
+from matchdb.hashing.png import decode_png
 
 #: Formats matchdb accepts (Pillow names; the JPEG plugin also opens MPO, the multi-picture JPEG of some cameras).
 FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "GIF", "BMP")
@@ -37,8 +40,9 @@ _DIRECT_MODES = {"RGB": 4, "RGBA": 4, "RGBX": 4, "RGBa": 4, "L": 1}
 class Pixels:
     """Decoded 8-bit pixels and the EXIF orientation to view them in.
 
-    ``buffer`` is C-contiguous: ``(rows, cols)`` for grey images, else ``(rows, cols, 4)`` holding red, green,
-    blue and one ignored byte (alpha or padding), which is Pillow's own layout. ``array`` is the oriented view.
+    ``buffer`` is C-contiguous: ``(rows, cols)`` for grey images, else ``(rows, cols, 3)`` holding red, green and
+    blue (the libjpeg-turbo and libpng paths) or ``(rows, cols, 4)`` with one more, ignored byte (alpha or padding:
+    Pillow's own layout). ``array`` is the oriented view.
     """
 
     buffer: np.ndarray
@@ -48,7 +52,7 @@ class Pixels:
         shape = self.buffer.shape
         if self.buffer.dtype != np.uint8 or not self.buffer.flags.c_contiguous:
             raise ValueError("pixel buffer must be C-contiguous uint8")
-        if not (len(shape) == 2 or (len(shape) == 3 and shape[2] == 4)) or not 1 <= self.orientation <= 8:
+        if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (3, 4))) or not 1 <= self.orientation <= 8:
             raise ValueError(f"bad pixel buffer shape {shape} or orientation {self.orientation}")
 
     @property
@@ -73,12 +77,23 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pixels:
     """Decode image bytes; raise :class:`ImageError` with a user-readable message on any failure."""
     if not data:
         raise ImageError("cannot identify image: empty data")
+    jpeg = decode_jpeg(data, max_pixels)
+    if jpeg is not None:
+        return Pixels(*jpeg)
+    png = decode_png(data, max_pixels)
+    if png is not None:
+        return Pixels(*png)
+    return decode_with_pillow(data, max_pixels)
+
+
+def decode_with_pillow(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pixels:
+    """Pillow's path: every format, and the JPEGs :mod:`.jpeg` leaves (or all of them without simplejpeg)."""
     image = _open(data, max_pixels)
     try:
         array = _load_array(image)
         if image.format == "TIFF" and image.mode == "RGBA":
             array = _premultiply(array, image)
-        orientation = _orientation(image)
+        orientation = exif_orientation(data) if image.format in ("JPEG", "MPO") else _orientation(image)
     except ImageError:
         raise
     except _DECODER_ERRORS as exc:
@@ -201,7 +216,7 @@ def _decode_into_numpy(image: ImageFile.ImageFile, bytes_per_pixel: int) -> np.n
 
 
 def _orientation(image: Image.Image) -> int:
-    if image.format not in ("JPEG", "MPO", "TIFF", "PNG", "WEBP"):
+    if image.format not in ("TIFF", "PNG", "WEBP"):
         return 1
     try:
         value = image.getexif().get(_ORIENTATION_TAG, 1)

@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.fetch import Fetcher
+from matchdb.hashing import warm_up
 from matchdb.service.browse import RecordBrowser
 from matchdb.service.collections import CollectionService
 from matchdb.service.heartbeat import Heartbeat
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url, settings.database_timeout)
         executor = ThreadPoolExecutor(max_workers=settings.hash_workers, thread_name_prefix="matchdb-hash")
+        executor.submit(warm_up)  # compile or load the hashing kernels now, in the pool, not in the first request
         own_fetcher = fetcher is None
         downloader = fetcher or fetcher_from_settings(settings)
         app.state.settings = settings
