@@ -39,9 +39,16 @@ class Distance:
     """
 
     def __init__(self, query: Words) -> None:
+        self.query = query
         self.nwords = len(query)
         self.scalar = query[0]
-        self.tiled = np.tile(query, tuning.CHUNK_ROWS) if self.nwords > 1 else query
+        self._tiled: Words | None = None  # made on first use: most queries of the block tables never need it
+
+    @property
+    def tiled(self) -> Words:
+        if self._tiled is None:
+            self._tiled = np.tile(self.query, tuning.CHUNK_ROWS)
+        return self._tiled
 
     def __call__(self, rows: Words) -> Counts:
         """Distances of each row of ``rows`` ((m, nwords) C-contiguous) as an unsigned int array of length m."""
@@ -58,6 +65,9 @@ class Distance:
                 np.bitwise_xor(column[start : start + len(part)], self.scalar, out=part)
                 np.bitwise_count(part, out=counts[start : start + len(part)])
             return counts
+        if m <= 64:  # a few rows (the block tables' candidates): the plain form costs less than its setup
+            few: Counts = np.bitwise_count(rows ^ self.query).sum(axis=1, dtype=np.uint16)
+            return few
         out = np.empty(m, np.uint16)
         for start in range(0, m, tuning.CHUNK_ROWS):
             block = rows[start : start + tuning.CHUNK_ROWS]
