@@ -38,7 +38,7 @@ TUNINGS: dict[str, dict[str, object]] = {
         "TABLE_RADIUS": 0,
         "KEY_MIN": 2,
         "KEY_SLACK": 5,
-        "BLOCK_BYTES": 3,
+        "BLOCK_BYTES": 4,
         "BLOCK_LINEAR_SHARE": 99.0,
         "BLOCK_TREE_SHARE": 99.0,
         **NO_SMALL_SCAN,
@@ -49,6 +49,7 @@ TUNINGS: dict[str, dict[str, object]] = {
         "LINEAR_SHARE": 0.0,
         "BLOCK_LINEAR_SHARE": 0.0,
         "BLOCK_TREE_SHARE": 0.0,
+        "BLOCK_TREE_MIN": 0,
         "LEAF_SCAN_SHARE": 0.0,
         "CHUNK_ROWS": 8,  # the scans' chunk loops run too
         "WORD_CHUNK_ROWS": 16,

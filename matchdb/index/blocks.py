@@ -1,12 +1,12 @@
 """Block tables (multi-index hashing) over the numpy tree's records, for hashes of any length.
 
-Each of ``m`` tables takes a substring of the hash: a few of its bytes (two neighbouring bytes of a one-word hash;
-four bytes spread over a long one, so that they come from different parts of the image), disjoint between
-tables. The substring's low ``key`` bits (about log2(n) - ``KEY_SLACK``: a bucket holds a few records) pick a
-bucket; the next ``extra`` bits are kept in the entry next to the record's tree position, as a filter read before
-any hash is. A record within ``r`` bits of the query has, in some table, a substring within ``r // m`` bits of
-the query's (pigeonhole): the search reads only the buckets whose key is that near, keeps the entries whose key
-and extra bits together are that near, and compares the whole hashes of the few left.
+Each of ``m`` tables takes a substring of the hash: an aligned unit of its bytes (two bytes of a one-word hash;
+four bytes of a long one, the tables' units spread over the hash), disjoint between tables. The substring's low
+``key`` bits (log2(n) - ``KEY_SLACK``, rounded down: a bucket holds 8 to 16 records) pick a bucket; the next
+``extra`` bits are kept in the entry next to the record's tree position, as a filter read before any hash is. A
+record within ``r`` bits of the query has, in some table, a substring within ``r // m`` bits of the query's
+(pigeonhole): the search reads only the buckets whose key is that near, keeps the entries whose key and extra
+bits together are that near, and compares the whole hashes of the few left.
 
 Steps, as in multi-index hashing with tables of unequal radii: step ``t`` looks, in table ``t % m``, at the
 records whose substring differs from the query's in exactly ``t // m`` bits. After steps ``0..R`` every record
@@ -29,12 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 from matchdb.index import tuning
-from matchdb.index.kernels import Distance, Ints, Words, runs
+from matchdb.index.kernels import Counts, Distance, Ints, Words, runs
 
 NO_HITS: tuple[Ints, Ints] = (np.empty(0, np.int64), np.empty(0, np.int64))
 _PLANS_KEPT = 256
 _ENTRY_BITS = 32  # an entry is a uint32: tree position in the high bits, extra bits of the substring in the low
-_MAX_BYTES = 4  # bytes per substring (so a substring fits in a uint32)
+_MAX_BYTES = 4  # bytes per substring (so that it fits in a uint32 next to nothing else)
 
 Plan = tuple[Ints, Ints, Ints]  # per probe: key XOR mask, table, weight of the extra bits
 
@@ -46,13 +46,14 @@ class BlockTables:
 
     size: int
     reach: int  # radius up to which the tables are meant to answer (any radius, for one-word hashes)
-    byte_index: npt.NDArray[np.intp]  # (m, 4): the bytes of each table's substring (index nbytes = a zero byte)
+    units: list[tuple[int, int]]  # each table's substring: (first byte, bytes), an aligned 1, 2 or 4 bytes
     key_bits: list[int]
     extra_bits: list[int]
     pos_shift: int  # entry = position << pos_shift | extra bits
     entries: npt.NDArray[np.uint32]
     offsets: npt.NDArray[np.signedinteger]
     bases: Ints
+    words: Words | None  # one-word hashes: a copy of each entry's hash, so buckets are checked without a gather
     plans: dict[tuple[int, int], tuple[int, Plan | None]] = field(default_factory=dict)
 
     @property
@@ -61,15 +62,18 @@ class BlockTables:
 
     @property
     def nbytes(self) -> int:
-        return self.entries.nbytes + self.offsets.nbytes
+        return self.entries.nbytes + self.offsets.nbytes + (self.words.nbytes if self.words is not None else 0)
 
     def query_parts(self, query: Words) -> tuple[Ints, Ints]:
-        """The query's bucket key and extra bits in each table."""
-        padded = np.append(query.view(np.uint8), np.uint8(0))
-        values = padded[self.byte_index].view("<u4").reshape(-1).astype(np.int64)
-        keys = np.array(self.key_bits, np.int64)
-        extras = (values >> keys) & ((1 << np.array(self.extra_bits, np.int64)) - 1)
-        return values & ((1 << keys) - 1), extras
+        """The query's bucket key and extra bits in each table (in Python: a few dozen small steps, cheaper than
+        as many numpy calls)."""
+        data = query.tobytes()
+        keys, extras = [], []
+        for table, (start, width) in enumerate(self.units):
+            value = int.from_bytes(data[start : start + width], "little")
+            keys.append(value & ((1 << self.key_bits[table]) - 1))
+            extras.append((value >> self.key_bits[table]) & ((1 << self.extra_bits[table]) - 1))
+        return np.array(keys, np.int64), np.array(extras, np.int64)
 
     def steps(self, low: int, high: int) -> list[tuple[int, int]]:
         """(table, substring weight) of steps ``low..high`` that can find anything (the weight fits the table)."""
@@ -103,40 +107,64 @@ class BlockTables:
         return probes, plan
 
 
-def table_bytes(nbits: int) -> list[list[int]]:
-    """Which bytes of the hash make each table's substring (see the module docstring)."""
+def table_units(nbits: int) -> list[tuple[int, int]]:
+    """Each table's substring as (first byte, bytes): aligned units of 1, 2 or 4 bytes, so that building reads one
+    strided column per table (gathering scattered bytes of ten million records costs minutes). One-word hashes
+    are cut into units of ``BLOCK_BYTES``; long ones get as many tables as their near radius needs (module
+    docstring), each a unit of up to 4 bytes, spread over the hash (different parts of the image)."""
     nbytes = (nbits + 7) // 8
     if nbits <= 64:
-        width = tuning.BLOCK_BYTES
-        return [list(range(start, min(start + width, nbytes))) for start in range(0, nbytes, width)]
+        width = tuning.BLOCK_BYTES  # 1, 2 or 4
+        return [(start, width) for start in range(0, nbytes, width)]
     reach = int(tuning.NEAR_SHARE * nbits)
     count = min(nbytes, -(-(reach + 1) // (tuning.TABLE_RADIUS + 1)))
-    per_table = min(_MAX_BYTES, nbytes // count)
-    stride = nbytes // per_table  # >= count: the tables' bytes are disjoint
-    return [[table + j * stride for j in range(per_table)] for table in range(count)]
+    width = 1 << (min(_MAX_BYTES, nbytes // count).bit_length() - 1)  # a power of two
+    units = nbytes // width  # whole units inside the hash; at least ``count``
+    return [((table * units // count) * width, width) for table in range(count)]
 
 
-def build_tables(nbits: int, words: Words) -> BlockTables:
-    """Bucket the records (rows of ``words``, in tree order) by each table's key, entries in position order."""
-    n, nwords = words.shape
-    if n >= 1 << _ENTRY_BITS:
-        raise ValueError("too many records for one index")
-    groups = table_bytes(nbits)
+def _layout(nbits: int, n: int) -> tuple[list[tuple[int, int]], list[int], list[int], int]:
+    """Each table's unit, key bits and extra bits, and the entries' position shift, for ``n`` records."""
+    units = table_units(nbits)
     pos_bits = max(1, (n - 1).bit_length())
     pos_shift = _ENTRY_BITS - pos_bits
-    key_width = min(tuning.KEY_MAX, max(tuning.KEY_MIN, pos_bits - tuning.KEY_SLACK))
-    key_bits = [min(key_width, 8 * len(g)) for g in groups]
-    extra_bits = [min(8 * len(g) - k, pos_shift) for g, k in zip(groups, key_bits, strict=True)]
+    key_width = min(tuning.KEY_MAX, max(tuning.KEY_MIN, max(n, 1).bit_length() - 1 - tuning.KEY_SLACK))
+    key_bits = [min(key_width, 8 * width) for _, width in units]
+    extra_bits = [min(8 * width - k, pos_shift) for (_, width), k in zip(units, key_bits, strict=True)]
+    return units, key_bits, extra_bits, pos_shift
+
+
+def _substrings(words: Words, unit: tuple[int, int]) -> npt.NDArray[np.uint64]:
+    """Each record's substring of one table (its unit of bytes, little-endian)."""
+    start, width = unit
+    column = words.view(f"<u{width}").reshape(len(words), words.shape[1] * 8 // width)[:, start // width]
+    return column.astype(np.uint64)
+
+
+def first_table_order(nbits: int, words: Words) -> Ints:
+    """The records' order by the first table's key (stable): one-word hashes are kept in it."""
+    units, key_bits, _, _ = _layout(nbits, len(words))
+    value = _substrings(words, units[0])
+    key = value & np.uint64((1 << key_bits[0]) - 1)
+    order: Ints = np.argsort(key.astype(np.uint16 if key_bits[0] <= 16 else np.uint32), kind="stable")
+    return order
+
+
+def build_tables(nbits: int, words: Words, copies: bool = False) -> BlockTables:
+    """Bucket the records (rows of ``words``, in tree order) by each table's key, entries in position order; with
+    ``copies`` (one-word hashes) each entry also gets a copy of its hash."""
+    n = len(words)
+    if n >= 1 << _ENTRY_BITS:
+        raise ValueError("too many records for one index")
+    units, key_bits, extra_bits, pos_shift = _layout(nbits, n)
     spans = [(1 << k) + 1 for k in key_bits]
     bases = np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
-    offsets = np.empty(sum(spans), np.int32 if len(groups) * n < 2**31 else np.int64)
-    entries = np.empty(len(groups) * n, np.uint32)
-    as_bytes = words.view(np.uint8).reshape(n, nwords * 8)
+    offsets: npt.NDArray[np.signedinteger] = np.empty(sum(spans), np.int32 if len(units) * n < 2**31 else np.int64)
+    entries = np.empty(len(units) * n, np.uint32)
+    copied = np.empty(len(units) * n, np.uint64) if copies else None
     positions = np.arange(n, dtype=np.uint64) << np.uint64(pos_shift)
-    for table, group in enumerate(groups):
-        padded = np.zeros((n, _MAX_BYTES), np.uint8)
-        padded[:, : len(group)] = as_bytes[:, group]
-        value = padded.view("<u4").reshape(n).astype(np.uint64)
+    for table, unit in enumerate(units):
+        value = _substrings(words, unit)
         key = value & np.uint64((1 << key_bits[table]) - 1)
         extra = (value >> np.uint64(key_bits[table])) & np.uint64((1 << extra_bits[table]) - 1)
         counts = np.bincount(key.astype(np.intp), minlength=spans[table] - 1)
@@ -144,11 +172,10 @@ def build_tables(nbits: int, words: Words) -> BlockTables:
         offsets[start : start + spans[table]] = table * n + np.concatenate([[0], np.cumsum(counts)])
         ordered = np.sort((key << np.uint64(_ENTRY_BITS)) | positions | extra)  # by key, then position
         entries[table * n : (table + 1) * n] = ordered & np.uint64(0xFFFFFFFF)
-    byte_index = np.full((len(groups), _MAX_BYTES), nwords * 8, np.intp)
-    for table, group in enumerate(groups):
-        byte_index[table, : len(group)] = group
+        if copied is not None:
+            copied[table * n : (table + 1) * n] = words[entries[table * n : (table + 1) * n] >> np.uint32(pos_shift), 0]
     reach = nbits if nbits <= 64 else int(tuning.NEAR_SHARE * nbits)
-    return BlockTables(n, reach, byte_index, key_bits, extra_bits, pos_shift, entries, offsets, bases)
+    return BlockTables(n, reach, units, key_bits, extra_bits, pos_shift, entries, offsets, bases, copied)
 
 
 def block_hits(
@@ -178,24 +205,40 @@ def block_hits(
     cost = float(probes + int(sizes.sum()))
     if cost > budget:
         return None
-    entries = tables.entries[runs(first, last)]
-    if tables.pos_shift:
+    rows = runs(first, last)
+    if any(tables.extra_bits):  # keep the entries whose extra bits make up the step's weight
         probe = np.repeat(np.arange(len(masks)), sizes)
         wanted = query_extras[table_of].astype(np.uint32)
-        extra = np.bitwise_and(entries ^ wanted[probe], (1 << tables.pos_shift) - 1)
-        entries = entries[np.bitwise_count(extra) == target[probe]]
+        extra = np.bitwise_and(tables.entries[rows] ^ wanted[probe], (1 << tables.pos_shift) - 1)
+        rows = rows[np.bitwise_count(extra) == target[probe]]
+    if tables.words is not None:  # the hashes are right there
+        bits: Counts = np.bitwise_count(tables.words[rows] ^ distance.scalar)
+        near = np.flatnonzero(bits <= radius)
+        pos = (tables.entries[rows[near]] >> np.uint32(tables.pos_shift)).astype(np.int64)
+        bits = bits[near]
+        if len(pos) > 1:  # a record can be found in several tables
+            order = np.argsort(pos, kind="stable")
+            first_finds = _fresh(pos[order])
+            pos, bits = pos[order][first_finds], bits[order][first_finds]
+        return pos, bits.astype(np.int64), cost
+    entries = tables.entries[rows]
     cost += tuning.GATHER_COST * len(entries)
     if cost > budget:
         return None
     pos = np.sort(entries >> np.uint32(tables.pos_shift)).astype(np.int64)
     if len(pos) > 1:  # a record can be found in several tables
-        fresh = np.empty(len(pos), np.bool_)
-        fresh[0] = True
-        np.not_equal(pos[1:], pos[:-1], out=fresh[1:])
-        pos = pos[fresh]
+        pos = pos[_fresh(pos)]
     bits = distance(np.take(words, pos, axis=0))
     near = np.flatnonzero(bits <= radius)
     return pos[near], bits[near].astype(np.int64), cost
+
+
+def _fresh(ordered: Ints) -> npt.NDArray[np.bool_]:
+    """Which of these sorted values differ from the one before (the first of each run)."""
+    fresh = np.empty(len(ordered), np.bool_)
+    fresh[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=fresh[1:])
+    return fresh
 
 
 @lru_cache(maxsize=4096)

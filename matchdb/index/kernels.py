@@ -75,17 +75,22 @@ class Distance:
         return out
 
     def _block(self, block: Words) -> Counts:
-        count = len(block)
-        flat = block.reshape(-1) ^ self.tiled[: count * self.nwords]
-        bytes_ = np.bitwise_count(flat).astype(np.uint8, copy=False)
-        if self.nwords % 8:
-            summed: Counts = bytes_.reshape(count, self.nwords).sum(axis=1, dtype=np.uint16)
-            return summed
-        lanes = bytes_.view(np.uint64)
-        pairs = (lanes & _LANES) + ((lanes >> np.uint64(8)) & _LANES)  # four 16-bit lanes per word
-        per_row = pairs.reshape(count, self.nwords // 8).sum(axis=1, dtype=np.uint64)
-        added: Counts = (per_row * _SUM_LANES) >> np.uint64(48)  # add the four lanes
-        return added
+        return row_counts(block.reshape(-1) ^ self.tiled[: len(block) * self.nwords], self.nwords)
+
+
+def row_counts(flat: Words, nwords: int) -> Counts:
+    """Set bits of each row of ``nwords`` words in ``flat`` (rows one after the other): the byte counts are added
+    with SWAR on uint64 lanes when ``nwords`` is a multiple of 8, not by a reduction along a short axis."""
+    count = len(flat) // nwords
+    bytes_ = np.bitwise_count(flat).astype(np.uint8, copy=False)
+    if nwords % 8:
+        summed: Counts = bytes_.reshape(count, nwords).sum(axis=1, dtype=np.uint16)
+        return summed
+    lanes = bytes_.view(np.uint64)
+    pairs = (lanes & _LANES) + ((lanes >> np.uint64(8)) & _LANES)  # four 16-bit lanes per word
+    per_row = pairs.reshape(count, nwords // 8).sum(axis=1, dtype=np.uint64)
+    added: Counts = (per_row * _SUM_LANES) >> np.uint64(48)  # add the four lanes
+    return added
 
 
 def first_of_each(values: Ints) -> Ints:

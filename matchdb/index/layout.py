@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 from matchdb.index import tuning
-from matchdb.index.blocks import BlockTables, build_tables
-from matchdb.index.kernels import Bools, Ints, Words, first_of_each
+from matchdb.index.blocks import BlockTables, build_tables, first_table_order
+from matchdb.index.kernels import Bools, Ints, Words, first_of_each, row_counts
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Tree:
     words: Words  # (n, nwords), tree order
     keys: Ints  # (n,), tree order
     alive: Bools  # (n,), tombstones are False; changed in place
-    sorted_keys: Ints  # keys, sorted, to find a key's position
+    sorted_keys: npt.NDArray[np.signedinteger]  # keys, sorted, to find a key's position (int32 when they fit)
     sorted_pos: npt.NDArray[np.int32]  # position in tree order of each of sorted_keys
     pivot: PivotTree | None
     blocks: BlockTables
@@ -52,19 +52,35 @@ class Tree:
 
     @property
     def nbytes(self) -> int:
-        own = [self.words, self.keys, self.alive, self.sorted_keys, self.sorted_pos]
+        own: list[npt.NDArray[Any]] = [self.keys, self.alive, self.sorted_keys, self.sorted_pos]
+        if self.blocks.words is None:  # else the words are a view of the first table's copies
+            own.append(self.words)
         extra = (self.pivot.nbytes if self.pivot else 0) + self.blocks.nbytes
         return sum(a.nbytes for a in own) + extra
+
+    def positions_of(self, keys: Ints) -> Ints:
+        """The tree position of each key (live or a tombstone), -1 where the tree has none."""
+        out = np.full(len(keys), -1, np.int64)
+        if not self.size:
+            return out
+        limits = np.iinfo(self.sorted_keys.dtype)
+        fits = np.flatnonzero((keys >= limits.min) & (keys <= limits.max))
+        wanted = keys[fits].astype(self.sorted_keys.dtype)
+        found = np.minimum(np.searchsorted(self.sorted_keys, wanted), self.size - 1)
+        hit = self.sorted_keys[found] == wanted
+        out[fits[hit]] = self.sorted_pos[found[hit]]
+        return out
 
 
 def _pivot_distances(words: Words, owner: Ints, pivots: Words) -> Ints:
     """Distance of each row of ``words`` to the pivot of its node (``owner[i]``), in chunks."""
     out = np.empty(len(words), np.int64)
     nwords = words.shape[1]
-    for start in range(0, len(words), 1 << 16):
-        block = words[start : start + (1 << 16)]
-        counts = np.bitwise_count(block ^ np.take(pivots, owner[start : start + len(block)], axis=0))
-        out[start : start + len(block)] = counts[:, 0] if nwords == 1 else counts.sum(axis=1, dtype=np.int64)
+    for start in range(0, len(words), tuning.CHUNK_ROWS):
+        block = words[start : start + tuning.CHUNK_ROWS]
+        out[start : start + len(block)] = row_counts(
+            (block ^ np.take(pivots, owner[start : start + len(block)], axis=0)).reshape(-1), nwords
+        )
     return out
 
 
@@ -74,15 +90,23 @@ def build(nbits: int, words: Words, keys: Ints, seed: int) -> Tree:
     pivot: PivotTree | None = None
     if words.shape[1] > 1:
         words, keys, pivot = _build_pivot_tree(nbits, words, keys, seed)
+    else:  # in the first table's order: its copies of the hashes are then the tree's
+        order = first_table_order(nbits, words)
+        words, keys = words[order], keys[order]
     words = np.ascontiguousarray(words)
-    blocks = build_tables(nbits, words)
+    blocks = build_tables(nbits, words, copies=words.shape[1] == 1)
+    if blocks.words is not None:
+        words = blocks.words[: len(keys)].reshape(len(keys), 1)
     sorted_pos = np.argsort(keys, kind="stable")
+    sorted_keys = keys[sorted_pos]
+    if len(keys) and int(sorted_keys[0]) >= -(2**31) and int(sorted_keys[-1]) < 2**31:
+        sorted_keys = sorted_keys.astype(np.int32)
     return Tree(
         nbits=nbits,
         words=words,
         keys=keys,
         alive=np.ones(len(keys), np.bool_),
-        sorted_keys=keys[sorted_pos],
+        sorted_keys=sorted_keys,
         sorted_pos=sorted_pos.astype(np.int32),
         pivot=pivot,
         blocks=blocks,

@@ -203,14 +203,11 @@ class NumpyTreeIndex:
                 self._snap = self._fresh(build(self.nbits, words, key_array, self._builds))
                 return
             tree = snap.tree
-            found = np.minimum(np.searchsorted(tree.sorted_keys, key_array), max(tree.size - 1, 0))
-            dead = 0
-            if tree.size:
-                hit = tree.sorted_keys[found] == key_array
-                pos = tree.sorted_pos[found[hit]]
-                pos = pos[tree.alive[pos]]
-                tree.alive[pos] = False
-                dead = len(pos)
+            pos = tree.positions_of(key_array)
+            pos = pos[pos >= 0]
+            pos = pos[tree.alive[pos]]
+            tree.alive[pos] = False
+            dead = len(pos)
             count = snap.delta_count
             delta_hit = np.isin(snap.delta_keys[:count], key_array) & snap.delta_alive[:count]
             snap.delta_alive[:count][delta_hit] = False
@@ -221,12 +218,9 @@ class NumpyTreeIndex:
     def _locate(self, snap: _Snapshot, key: int) -> tuple[int, int]:
         """(tree position, delta position) of the live record of ``key``; -1 where it is not."""
         tree = snap.tree
-        tree_pos = -1
-        i = int(np.searchsorted(tree.sorted_keys, key))
-        if i < tree.size and int(tree.sorted_keys[i]) == key:
-            pos = int(tree.sorted_pos[i])
-            if tree.alive[pos]:
-                tree_pos = pos
+        tree_pos = int(tree.positions_of(np.array([key], np.int64))[0])
+        if tree_pos >= 0 and not tree.alive[tree_pos]:
+            tree_pos = -1
         delta_pos = -1
         if tree_pos < 0 and snap.delta_count:
             count = snap.delta_count

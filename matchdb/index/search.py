@@ -125,8 +125,9 @@ def _small_blocks(tree: Tree) -> tuple[int, int]:
 def _block_budget(tree: Tree) -> float:
     """Buckets and entries the block tables may read before the pivot tree (long hashes) or a scan (one-word
     hashes) is the cheaper way."""
-    share = tuning.BLOCK_TREE_SHARE if tree.pivot is not None else tuning.BLOCK_LINEAR_SHARE
-    return share * tree.size
+    if tree.pivot is None:
+        return tuning.BLOCK_LINEAR_SHARE * tree.size
+    return max(tuning.BLOCK_TREE_MIN, tuning.BLOCK_TREE_SHARE * tree.size)
 
 
 def _pivot_runs(tree: Tree, distance: Distance, radius: int) -> Ints | None:
@@ -190,7 +191,7 @@ def _block_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
     """Steps of the block search in rounds until the k-th best distance is certified (every record within it has
     been found). The rounds grow (1, 2, 4 ... steps, at most one more differing bit per table): a near duplicate
     found early shrinks the radius before most steps are run. False when certifying needs more than the tables'
-    reach or budget (the caller goes on from what ``best`` holds)."""
+    reach, or a round more than the budget (the caller goes on from what ``best`` holds)."""
     count = tree.blocks.count
     budget = _block_budget(tree)
     parts = tree.blocks.query_parts(distance.query)
@@ -202,8 +203,7 @@ def _block_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
         hits = block_hits(tree.blocks, tree.words, distance, parts, (done + 1, high), best.radius, budget)
         if hits is None:
             return False
-        pos, bits, cost = hits
-        budget -= cost
+        pos, bits, _ = hits
         alive = tree.alive[pos]
         best.offer(pos[alive], bits[alive], tree.keys[pos[alive]])
         done, width = high, count
