@@ -93,12 +93,25 @@ def row_counts(flat: Words, nwords: int) -> Counts:
     return added
 
 
+def stable_order(values: npt.NDArray[Any]) -> Ints:
+    """``np.argsort(values, kind="stable")`` for integer arrays: when every value fits in 31 bits, one plain sort
+    of ``value << 32 | index`` (several times faster on millions of records than a stable argsort, measured)."""
+    n = len(values)
+    if n and n < 2**32 and int(values.min()) >= 0 and int(values.max()) < 2**31:
+        packed = (values.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
+        packed.sort()
+        order: Ints = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        return order
+    stable: Ints = np.argsort(values, kind="stable")
+    return stable
+
+
 def first_of_each(values: Ints) -> Ints:
     """Index of the first occurrence of each distinct value, in increasing order of the values.
 
     Sort-based: ``np.unique(..., return_index=True)`` is several times slower on these arrays with numpy 2.
     """
-    order = np.argsort(values, kind="stable")
+    order = stable_order(values)
     ordered = values[order]
     fresh = np.empty(len(ordered), np.bool_)
     fresh[:1] = True

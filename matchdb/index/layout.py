@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from matchdb.index import tuning
 from matchdb.index.blocks import BlockTables, build_tables, first_table_order
-from matchdb.index.kernels import Bools, Ints, Words, first_of_each, row_counts
+from matchdb.index.kernels import Bools, Ints, Words, first_of_each, row_counts, stable_order
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def build(nbits: int, words: Words, keys: Ints, seed: int) -> Tree:
     blocks = build_tables(nbits, words, copies=words.shape[1] == 1)
     if blocks.words is not None:
         words = blocks.words[: len(keys)].reshape(len(keys), 1)
-    sorted_pos = np.argsort(keys, kind="stable")
+    sorted_pos = stable_order(keys)
     sorted_keys = keys[sorted_pos]
     if len(keys) and int(sorted_keys[0]) >= -(2**31) and int(sorted_keys[-1]) < 2**31:
         sorted_keys = sorted_keys.astype(np.int32)
@@ -128,17 +128,19 @@ def _build_pivot_tree(nbits: int, words: Words, keys: Ints, seed: int) -> tuple[
     lo_keys: list[Ints] = []
     hi_keys: list[Ints] = []
     sort_key = np.zeros(n, np.int64)
+    perm = np.arange(n, dtype=np.int64)  # tree position -> row of ``words``: the rows move once, at the end
+    owner_of_row = np.zeros(n, np.int64)
     for level in range(levels if n else 0):
         sizes = ends - starts
         nodes = len(starts)
-        chosen = starts + (rng.random(nodes) * sizes).astype(np.int64)
+        chosen = perm[starts + (rng.random(nodes) * sizes).astype(np.int64)]
         pivots.append(np.ascontiguousarray(words[chosen]))
         pivot_keys.append(keys[chosen])
         owner = np.repeat(np.arange(nodes, dtype=np.int64), sizes)
-        sort_key = owner * span + _pivot_distances(words, owner, pivots[-1])
-        order = np.argsort(sort_key, kind="stable")
-        words = np.take(words, order, axis=0)
-        keys = keys[order]
+        owner_of_row[perm] = owner
+        sort_key = owner * span + _pivot_distances(words, owner_of_row, pivots[-1])[perm]
+        order = stable_order(sort_key)
+        perm = perm[order]
         sort_key = sort_key[order]
         if level == levels - 1:
             break
@@ -150,7 +152,9 @@ def _build_pivot_tree(nbits: int, words: Words, keys: Ints, seed: int) -> tuple[
         starts, ends = bounds[:-1], bounds[1:]
         lo_keys.append(sort_key[starts])
         hi_keys.append(sort_key[ends - 1])
-    by_key = np.argsort(keys, kind="stable")
+    words = np.take(words, perm, axis=0)
+    keys = keys[perm]
+    by_key = stable_order(keys)
     sorted_keys = keys[by_key]
     pivot_pos = [by_key[np.searchsorted(sorted_keys, k)] for k in pivot_keys]
     leaf_starts = np.append(starts, n) if n else np.zeros(1, np.int64)
