@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,15 @@ _PLANS_KEPT = 256
 _ENTRY_BITS = 32  # an entry is a uint32: tree position in the high bits, extra bits of the substring in the low
 _MAX_BYTES = 4  # bytes per substring (so that it fits in a uint32 next to nothing else)
 
-Plan = tuple[Ints, Ints, Ints]  # per probe: key XOR mask, table, weight of the extra bits
+Plan = tuple[Ints, Ints, Ints]  # per probe: key XOR mask, table (its place in the steps' order), extra bits' weight
+
+
+class QueryParts(NamedTuple):
+    """A query's key and extra bits in each table, and each table's offsets base, in the steps' order."""
+
+    keys: Ints
+    extras: Ints
+    bases: Ints
 
 
 @dataclass(frozen=True)
@@ -61,19 +70,34 @@ class BlockTables:
         return len(self.key_bits)
 
     @property
+    def alike(self) -> bool:
+        """Whether every table has the same key and extra bits (then the steps may take them in any order)."""
+        return len(set(self.key_bits)) == 1 and len(set(self.extra_bits)) == 1
+
+    @property
     def nbytes(self) -> int:
         return self.entries.nbytes + self.offsets.nbytes + (self.words.nbytes if self.words is not None else 0)
 
-    def query_parts(self, query: Words) -> tuple[Ints, Ints]:
-        """The query's bucket key and extra bits in each table (in Python: a few dozen small steps, cheaper than
-        as many numpy calls)."""
+    def query_parts(self, query: Words) -> QueryParts:
+        """The query's bucket key and extra bits in each table, the tables in the order the steps take them.
+
+        That order is the query's own: the tables whose exact bucket for it is smallest first (when the tables are
+        alike). The pigeonhole holds for any order, and the first rounds then read the least crowded buckets: real
+        hashes are far from uniform (many photos share a sky or a white background), and a near duplicate found
+        in a small bucket shrinks the radius before a crowded one is read. The key bits come from Python ints (a
+        few dozen small steps cost less than as many numpy calls)."""
         data = query.tobytes()
         keys, extras = [], []
         for table, (start, width) in enumerate(self.units):
             value = int.from_bytes(data[start : start + width], "little")
             keys.append(value & ((1 << self.key_bits[table]) - 1))
             extras.append((value >> self.key_bits[table]) & ((1 << self.extra_bits[table]) - 1))
-        return np.array(keys, np.int64), np.array(extras, np.int64)
+        key_array = np.array(keys, np.int64)
+        buckets = self.bases + key_array
+        order = np.arange(self.count)
+        if self.alike:
+            order = np.argsort(self.offsets[buckets + 1] - self.offsets[buckets], kind="stable")
+        return QueryParts(key_array[order], np.array(extras, np.int64)[order], self.bases[order])
 
     def steps(self, low: int, high: int) -> list[tuple[int, int]]:
         """(table, substring weight) of steps ``low..high`` that can find anything (the weight fits the table)."""
@@ -182,7 +206,7 @@ def block_hits(
     tables: BlockTables,
     words: Words,
     distance: Distance,
-    parts: tuple[Ints, Ints],
+    parts: QueryParts,
     steps: tuple[int, int],
     radius: int,
     budget: float,
@@ -197,8 +221,7 @@ def block_hits(
     masks, table_of, target = plan
     if not len(masks):
         return NO_HITS[0], NO_HITS[1], 0.0
-    query_keys, query_extras = parts
-    buckets = (masks ^ query_keys[table_of]) + tables.bases[table_of]
+    buckets = (masks ^ parts.keys[table_of]) + parts.bases[table_of]
     first = tables.offsets[buckets]
     last = tables.offsets[buckets + 1]
     sizes = last - first
@@ -208,7 +231,7 @@ def block_hits(
     rows = runs(first, last)
     if any(tables.extra_bits):  # keep the entries whose extra bits make up the step's weight
         probe = np.repeat(np.arange(len(masks)), sizes)
-        wanted = query_extras[table_of].astype(np.uint32)
+        wanted = parts.extras[table_of].astype(np.uint32)
         extra = np.bitwise_and(tables.entries[rows] ^ wanted[probe], (1 << tables.pos_shift) - 1)
         rows = rows[np.bitwise_count(extra) == target[probe]]
     if tables.words is not None:  # the hashes are right there
