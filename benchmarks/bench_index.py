@@ -39,7 +39,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,7 @@ from matchdb.index.numpy_tree import NumpyTreeIndex  # noqa: E402
 
 Answer = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]  # (bits, keys)
 Query = Callable[[int], Answer]  # query number -> answer
+T = TypeVar("T")
 
 #: (label, radius in bits or None, k or None) per kind. 6.25% of 961 bits is 60.
 CONFIGS: dict[str, list[tuple[str, int | None, int | None]]] = {
@@ -176,6 +177,32 @@ def time_queries(query: Query, count: int, threads: int = 1) -> tuple[list[float
     finally:
         gc.enable()
     return latencies, wall, hits
+
+
+def interleaved(
+    calls: dict[str, Callable[[int], T]], count: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[T]]]:
+    """Every engine answers query 0, then query 1, ... (the order rotating), timed one call at a time: a burst of
+    load on a shared machine then hits every engine alike, and the ratios of one run stay fair. Returns each
+    engine's wall times, its CPU times (this thread's: what the call itself cost, without the waits a busy machine
+    adds) and its answers."""
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    answers: dict[str, list[T]] = {name: [] for name in calls}
+    names = list(calls)
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(count):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                started, started_cpu = time.perf_counter(), time.thread_time()
+                answer = calls[name](i)
+                cpu[name].append(time.thread_time() - started_cpu)
+                wall[name].append(time.perf_counter() - started)
+                answers[name].append(answer)
+    finally:
+        gc.enable()
+    return wall, cpu, answers
 
 
 def row(

@@ -12,26 +12,44 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import numpy.typing as npt
 import pybktree
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from matchdb.index import HammingIndex, Hit, tuning
+from matchdb.index.blocks import block_hits, build_tables
+from matchdb.index.kernels import Distance, words_of_packed
 from matchdb.index.numpy_tree import NumpyTreeIndex
 from tests.test_index import brute_force, clustered
 
-NO_SMALL_SCAN = {"SMALL_BLOCKS": (0, 0), "SMALL_PIVOTS": (0, 0)}  # use the filters however few the records
+#: Use the filters however few the records.
+NO_SMALL_SCAN = {"SMALL_BLOCKS": (0, 0), "SMALL_NEAR": (0, 0), "SMALL_PIVOTS": (0, 0)}
 
-#: Settings of the module constants: the defaults, a deep tree with a small delta, always and never scanning.
+#: Settings of the module constants: the defaults, a deep tree with a small delta, always and never scanning, and
+#: many block tables with few key bits (most of each substring in the entries' extra bits) that answer long hashes
+#: up to a large radius.
 TUNINGS: dict[str, dict[str, object]] = {
     "default": {},
-    "deep": {"LEAF_SIZE": 3, "FANOUT": 4, "BLOCK_BITS": 8, "DELTA_MIN": 16, **NO_SMALL_SCAN},
+    "deep": {"LEAF_SIZE": 3, "FANOUT": 4, "BLOCK_BYTES": 1, "DELTA_MIN": 16, **NO_SMALL_SCAN},
+    "tables": {
+        "NEAR_SHARE": 0.2,
+        "TABLE_RADIUS": 0,
+        "KEY_MIN": 2,
+        "KEY_SLACK": 5,
+        "BLOCK_BYTES": 4,
+        "BLOCK_LINEAR_SHARE": 99.0,
+        "BLOCK_TREE_SHARE": 99.0,
+        **NO_SMALL_SCAN,
+    },
     "always-scan": {
         "LEAF_SIZE": 3,
         "FANOUT": 4,
         "LINEAR_SHARE": 0.0,
         "BLOCK_LINEAR_SHARE": 0.0,
+        "BLOCK_TREE_SHARE": 0.0,
+        "BLOCK_TREE_MIN": 0,
         "LEAF_SCAN_SHARE": 0.0,
         "CHUNK_ROWS": 8,  # the scans' chunk loops run too
         "WORD_CHUNK_ROWS": 16,
@@ -41,6 +59,7 @@ TUNINGS: dict[str, dict[str, object]] = {
         "FANOUT": 3,
         "LINEAR_SHARE": 2.0,
         "BLOCK_LINEAR_SHARE": 99.0,
+        "BLOCK_TREE_SHARE": 99.0,
         "LEAF_SCAN_SHARE": 2.0,
         **NO_SMALL_SCAN,
     },
@@ -270,12 +289,80 @@ def test_readers_keep_answering_during_rebuilds_and_adds() -> None:
 
 
 def test_memory_per_record_is_small() -> None:
+    """Both hash types' indexes of one collection together, with all their tables, within the issue's budget."""
     rng = np.random.default_rng(3)
-    n = 20_000
-    for nbits, limit in ((961, 170), (64, 110)):  # the issue's limit: 300 for both together
+    n = 100_000
+    total = 0
+    for nbits in (961, 64):
         nbytes = (nbits + 7) // 8
         packed = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
         packed[:, -1] &= (1 << (nbits - 8 * (nbytes - 1))) - 1
         index = NumpyTreeIndex(nbits)
         index.bulk_load_packed(np.arange(n), packed)
-        assert index.nbytes / n < limit
+        total += index.nbytes
+    assert total / n < 300
+
+
+def flipped(rng: np.random.Generator, packed: npt.NDArray[np.uint8], nbits: int, flips: int) -> npt.NDArray[np.uint8]:
+    """Copies of the rows of ``packed`` with ``flips`` distinct random bits of each flipped."""
+    bits = np.unpackbits(packed, axis=1, bitorder="little")
+    for row in bits:
+        row[rng.choice(nbits, flips, replace=False)] ^= 1
+    return np.packbits(bits, axis=1, bitorder="little")
+
+
+@pytest.mark.parametrize("tuning", ["default", "deep", "tables"])
+def test_block_tables_find_every_record_within_the_steps_radius(tuning: str) -> None:
+    """The block tables alone (no tree, no scan): steps 0..r, in one go or in rounds, find exactly the records within
+    r bits, on random long and short hashes and on near-duplicate groups."""
+    rng = np.random.default_rng(len(tuning))
+    with tuned(tuning):
+        for nbits, n in ((961, 3000), (64, 3000), (100, 500)):
+            nbytes = (nbits + 7) // 8
+            packed = rng.integers(0, 256, (n, nbytes), dtype=np.uint8)
+            packed[:, -1] &= (1 << (nbits - 8 * (nbytes - 1))) - 1
+            packed[n // 2 :] = flipped(rng, packed[: n - n // 2], nbits, 3)  # groups of two near duplicates
+            words = words_of_packed(packed, (nbits + 63) // 64)
+            tables = build_tables(nbits, words)
+            queries = flipped(rng, packed[rng.integers(0, n, 12)], nbits, int(0.03 * nbits) + 1)
+            for query in words_of_packed(queries, words.shape[1]):
+                distance = Distance(query)
+                everything = distance(words).astype(np.int64)
+                parts = tables.query_parts(query)
+                for radius in (0, 2, nbits // 40, nbits // 20, nbits // 10):
+                    expected = np.flatnonzero(everything <= radius)
+                    hits = block_hits(tables, words, distance, parts, (0, radius), radius, np.inf)
+                    assert hits is not None
+                    assert hits[0].tolist() == expected.tolist()
+                    assert hits[1].tolist() == everything[expected].tolist()
+                    cut = radius // 2  # two rounds: what the first finds within ``radius``, and the rest
+                    first = block_hits(tables, words, distance, parts, (0, cut), radius, np.inf)
+                    second = block_hits(tables, words, distance, parts, (cut + 1, radius), radius, np.inf)
+                    assert first is not None and second is not None
+                    assert sorted(set(first[0].tolist()) | set(second[0].tolist())) == expected.tolist()
+                    assert block_hits(tables, words, distance, parts, (0, radius), radius, 0.5) is None
+
+
+@pytest.mark.parametrize("tuning", ["default", "deep"])
+def test_near_duplicates_of_random_long_hashes(tuning: str) -> None:
+    """Uniformly random 961-bit hashes, where the pivot tree cannot prune: near-duplicate queries (3% of the bits
+    flipped) within 5%, the k nearest within it and without a limit, all equal to a brute-force scan."""
+    rng = np.random.default_rng(18)
+    n, nbits = 40_000, 961
+    packed = rng.integers(0, 256, (n, 121), dtype=np.uint8)
+    packed[:, -1] &= 1
+    packed[-50:] = flipped(rng, packed[:50], nbits, 20)  # a few near duplicates of each other too
+    items = {key: int.from_bytes(row.tobytes(), "little") for key, row in enumerate(packed)}
+    sources = rng.integers(0, n, 10)
+    queries = flipped(rng, packed[sources], nbits, 29)
+    with tuned(tuning):
+        index = NumpyTreeIndex(nbits)
+        index.bulk_load_packed(np.arange(n), packed)
+        for source, row in zip(sources.tolist(), queries, strict=True):
+            query = int.from_bytes(row.tobytes(), "little")
+            within = brute_force(items, query, 48)
+            assert within and within[0].key == source
+            assert index.search(query, 48) == within
+            assert index.nearest(query, 1, 48) == within[:1]
+            assert index.nearest(query, 10, 48) == within[:10]
+            assert index.nearest(query, 3) == brute_force(items, query)[:3]

@@ -39,9 +39,16 @@ class Distance:
     """
 
     def __init__(self, query: Words) -> None:
+        self.query = query
         self.nwords = len(query)
         self.scalar = query[0]
-        self.tiled = np.tile(query, tuning.CHUNK_ROWS) if self.nwords > 1 else query
+        self._tiled: Words | None = None  # made on first use: most queries of the block tables never need it
+
+    @property
+    def tiled(self) -> Words:
+        if self._tiled is None:
+            self._tiled = np.tile(self.query, tuning.CHUNK_ROWS)
+        return self._tiled
 
     def __call__(self, rows: Words) -> Counts:
         """Distances of each row of ``rows`` ((m, nwords) C-contiguous) as an unsigned int array of length m."""
@@ -58,6 +65,9 @@ class Distance:
                 np.bitwise_xor(column[start : start + len(part)], self.scalar, out=part)
                 np.bitwise_count(part, out=counts[start : start + len(part)])
             return counts
+        if m <= 64:  # a few rows (the block tables' candidates): the plain form costs less than its setup
+            few: Counts = np.bitwise_count(rows ^ self.query).sum(axis=1, dtype=np.uint16)
+            return few
         out = np.empty(m, np.uint16)
         for start in range(0, m, tuning.CHUNK_ROWS):
             block = rows[start : start + tuning.CHUNK_ROWS]
@@ -65,17 +75,35 @@ class Distance:
         return out
 
     def _block(self, block: Words) -> Counts:
-        count = len(block)
-        flat = block.reshape(-1) ^ self.tiled[: count * self.nwords]
-        bytes_ = np.bitwise_count(flat).astype(np.uint8, copy=False)
-        if self.nwords % 8:
-            summed: Counts = bytes_.reshape(count, self.nwords).sum(axis=1, dtype=np.uint16)
-            return summed
-        lanes = bytes_.view(np.uint64)
-        pairs = (lanes & _LANES) + ((lanes >> np.uint64(8)) & _LANES)  # four 16-bit lanes per word
-        per_row = pairs.reshape(count, self.nwords // 8).sum(axis=1, dtype=np.uint64)
-        added: Counts = (per_row * _SUM_LANES) >> np.uint64(48)  # add the four lanes
-        return added
+        return row_counts(block.reshape(-1) ^ self.tiled[: len(block) * self.nwords], self.nwords)
+
+
+def row_counts(flat: Words, nwords: int) -> Counts:
+    """Set bits of each row of ``nwords`` words in ``flat`` (rows one after the other): the byte counts are added
+    with SWAR on uint64 lanes when ``nwords`` is a multiple of 8, not by a reduction along a short axis."""
+    count = len(flat) // nwords
+    bytes_ = np.bitwise_count(flat).astype(np.uint8, copy=False)
+    if nwords % 8:
+        summed: Counts = bytes_.reshape(count, nwords).sum(axis=1, dtype=np.uint16)
+        return summed
+    lanes = bytes_.view(np.uint64)
+    pairs = (lanes & _LANES) + ((lanes >> np.uint64(8)) & _LANES)  # four 16-bit lanes per word
+    per_row = pairs.reshape(count, nwords // 8).sum(axis=1, dtype=np.uint64)
+    added: Counts = (per_row * _SUM_LANES) >> np.uint64(48)  # add the four lanes
+    return added
+
+
+def stable_order(values: npt.NDArray[Any]) -> Ints:
+    """``np.argsort(values, kind="stable")`` for integer arrays: when every value fits in 31 bits, one plain sort
+    of ``value << 32 | index`` (several times faster on millions of records than a stable argsort, measured)."""
+    n = len(values)
+    if n and n < 2**32 and int(values.min()) >= 0 and int(values.max()) < 2**31:
+        packed = (values.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64)
+        packed.sort()
+        order: Ints = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        return order
+    stable: Ints = np.argsort(values, kind="stable")
+    return stable
 
 
 def first_of_each(values: Ints) -> Ints:
@@ -83,7 +111,7 @@ def first_of_each(values: Ints) -> Ints:
 
     Sort-based: ``np.unique(..., return_index=True)`` is several times slower on these arrays with numpy 2.
     """
-    order = np.argsort(values, kind="stable")
+    order = stable_order(values)
     ordered = values[order]
     fresh = np.empty(len(ordered), np.bool_)
     fresh[:1] = True

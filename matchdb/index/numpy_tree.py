@@ -1,4 +1,5 @@
-"""An exact Hamming index that does its work in numpy: a pivot tree for long hashes, block tables for short ones.
+"""An exact Hamming index that does its work in numpy: block tables (multi-index hashing) for near radii, and a
+pivot tree for long hashes beyond them.
 
 Why: a BK-tree of Python nodes (pybktree) visits a large share of its nodes at useful radii, one interpreted
 distance call each, and loses to a plain vectorised scan (issue 6). Here pruning is decided for a whole frontier
@@ -6,33 +7,39 @@ at once, and hashes are read as contiguous packed arrays: rows of ``nwords = cei
 ``i`` of the hash in word ``i // 64`` at bit ``i % 64`` (the LSB-first packed bytes viewed as little-endian words).
 Distances are XOR + ``np.bitwise_count`` (see ``kernels.Distance`` for why it is not the one-liner).
 
-Two filters, picked by the hash length, because they prune differently (measured on realistic hashes, see
-``benchmarks/bench_index.py``):
+Two filters, because they prune different data (measured with ``benchmarks/bench_index.py``, on realistic and on
+uniformly random hashes):
 
-- Long hashes (bmh1, 961 bits): the BK-tree's metric-tree idea. Unrelated bmh1 hashes lie anywhere from about 240
-  to 640 bits apart, so a record's distance to a pivot says a lot. Every node has a pivot (one of its records);
-  an inner node's records are sorted by their distance to it and cut, only between distinct distances, into up to
-  ``FANOUT`` children, each holding a range ``[lo, hi]`` of distances. By the triangle inequality a record within
-  ``r`` of the query ``q`` can only be in a child whose range meets ``[d(q, pivot) - r, d(q, pivot) + r]``: one
-  run of consecutive children, found with ``searchsorted`` for the whole frontier at once. Each node owns one
-  contiguous slice of the records. In a leaf (about ``LEAF_SIZE`` records) each record keeps its distance to the
-  leaf's pivot (2 bytes), the last triangle-inequality test, applied before any hash is read.
-- One-word hashes (phash, 64 bits): unrelated phash hashes are 25 to 37 bits apart, so one pivot rules out little
-  (about half the records at radius 4). The bits are cut into ``m`` blocks of about 16 bits and the records
-  bucketed by each block's exact value (multi-index hashing): a record within ``r`` bits has some block within
-  ``r // m`` bits of the query's (pigeonhole), so a search reads only the buckets of the few block values that
-  near, in ``m`` tables (details in ``search._block_hits``).
+- Block tables, for every hash length (:mod:`matchdb.index.blocks`): a few bytes of the hash per table, the records
+  bucketed by them; a record within ``r`` bits has, in some table, a substring within ``r // m`` bits of the
+  query's (pigeonhole), so a search reads only the few buckets that near. This is what finds a near duplicate
+  among hashes that look random, where every other record is about half the bits away and no metric tree prunes.
+  One-word hashes (phash, 64 bits) use them at every radius (unrelated phash hashes are 25 to 37 bits apart, so a
+  pivot rules out little); long ones (bmh1, 961 bits) up to ``NEAR_SHARE`` of the bits.
+- Long hashes, beyond that or when the buckets are crowded (real photos' hashes are far from uniform: many share
+  their sky or their background): the BK-tree's metric-tree idea. Unrelated bmh1 hashes of real photos lie
+  anywhere from about 240 to 640 bits apart, so a record's distance to a pivot says a lot. Every node has a pivot
+  (one of its records); an inner node's records are sorted by their distance to it and cut, only between distinct
+  distances, into up to ``FANOUT`` children, each holding a range ``[lo, hi]`` of distances. By the triangle
+  inequality a record within ``r`` of the query ``q`` can only be in a child whose range meets
+  ``[d(q, pivot) - r, d(q, pivot) + r]``: one run of consecutive children, found with ``searchsorted`` for the
+  whole frontier at once. Each node owns one contiguous slice of the records. In a leaf (about ``LEAF_SIZE``
+  records) each record keeps its distance to the leaf's pivot (2 bytes), the last triangle-inequality test,
+  applied before any hash is read.
 
-When the filter would keep most records (large radii), or the collection is small (then the filter's fixed cost
-of a few dozen numpy calls is more than a scan), the search scans the whole array instead, which is what a plain
+The block tables know their cost before they read a bucket (the buckets' sizes), and give up past a budget; when
+the pivot tree would keep most records (large radii), or the collection is small (then the filters' fixed cost of
+a few dozen numpy calls is more than a scan), the search scans the whole array instead, which is what a plain
 numpy scan does, so it is never much slower than one.
 
-k nearest: a search whose radius shrinks as it goes, the k-th best accepted distance found so far. In the pivot
+k nearest: a search whose radius shrinks as it goes, the k-th best accepted distance found so far. The block
+tables run first, in rounds (one table exactly, then one more differing bit per table each round), until the k-th
+best distance is certified (every record within it has been read): a near duplicate is found and proven nearest
+without reading more. Past the tables' reach or budget the pivot tree goes on from what they found. In the pivot
 tree, pivots are records, so each level's pivot distances are candidates too; the leaves nearest the query are
-scanned first, then the rest, filtered with the radius as it stands. In the block tables, the radius grows one
-bit per table at a time until the k-th best distance is certified (every record within it has been read). The
-answer keeps every record within the k-th distance sorted by (bits, key), so ties at the k-th place go to the
-smaller key (the record inserted first); ``accept`` is applied before k.
+scanned first, then the rest, filtered with the radius as it stands. The answer keeps every record within the
+k-th distance sorted by (bits, key), so ties at the k-th place go to the smaller key (the record inserted first);
+``accept`` is applied before k.
 
 Changes: new records go to a small unsorted delta array that every search scans; deleted or replaced records
 become tombstones (a boolean mask). Past a share of either, the next change or query rebuilds from the live
@@ -40,9 +47,9 @@ records. ``bulk_load`` into an empty index builds at once; into a non-empty one 
 query pays one rebuild (so a collection streamed in batches is built once, not once per batch). Readers never
 lock: they take the current snapshot, and a rebuild swaps in a new one atomically; a lock orders the writers.
 
-Where the parts live: ``tuning`` (sizes and thresholds), ``kernels`` (words and distances), ``layout`` (the tree
-and how it is built), ``search`` (radius and k-nearest over a built tree); this module keeps the snapshot, the
-delta and tombstones, and the public class.
+Where the parts live: ``tuning`` (sizes and thresholds), ``kernels`` (words and distances), ``blocks`` (the block
+tables: layout and probing), ``layout`` (the tree and how it is built), ``search`` (radius and k-nearest over a
+built tree); this module keeps the snapshot, the delta and tombstones, and the public class.
 """
 
 from __future__ import annotations
@@ -196,14 +203,11 @@ class NumpyTreeIndex:
                 self._snap = self._fresh(build(self.nbits, words, key_array, self._builds))
                 return
             tree = snap.tree
-            found = np.minimum(np.searchsorted(tree.sorted_keys, key_array), max(tree.size - 1, 0))
-            dead = 0
-            if tree.size:
-                hit = tree.sorted_keys[found] == key_array
-                pos = tree.sorted_pos[found[hit]]
-                pos = pos[tree.alive[pos]]
-                tree.alive[pos] = False
-                dead = len(pos)
+            pos = tree.positions_of(key_array)
+            pos = pos[pos >= 0]
+            pos = pos[tree.alive[pos]]
+            tree.alive[pos] = False
+            dead = len(pos)
             count = snap.delta_count
             delta_hit = np.isin(snap.delta_keys[:count], key_array) & snap.delta_alive[:count]
             snap.delta_alive[:count][delta_hit] = False
@@ -214,12 +218,9 @@ class NumpyTreeIndex:
     def _locate(self, snap: _Snapshot, key: int) -> tuple[int, int]:
         """(tree position, delta position) of the live record of ``key``; -1 where it is not."""
         tree = snap.tree
-        tree_pos = -1
-        i = int(np.searchsorted(tree.sorted_keys, key))
-        if i < tree.size and int(tree.sorted_keys[i]) == key:
-            pos = int(tree.sorted_pos[i])
-            if tree.alive[pos]:
-                tree_pos = pos
+        tree_pos = int(tree.positions_of(np.array([key], np.int64))[0])
+        if tree_pos >= 0 and not tree.alive[tree_pos]:
+            tree_pos = -1
         delta_pos = -1
         if tree_pos < 0 and snap.delta_count:
             count = snap.delta_count

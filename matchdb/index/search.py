@@ -1,5 +1,5 @@
 """Exact searches over one built tree (:mod:`matchdb.index.layout`): every record within a radius, and the k nearest
-with a radius that shrinks as answers are found. Each picks the pivot walk, the block tables or a plain scan,
+with a radius that shrinks as answers are found. Each picks the block tables, the pivot walk or a plain scan,
 whichever reads least; the delta and the public API are :class:`matchdb.index.numpy_tree.NumpyTreeIndex`'s."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from collections.abc import Callable
 import numpy as np
 
 from matchdb.index import tuning
-from matchdb.index.kernels import Bools, Counts, Distance, Ints, Words, first_of_each, runs
-from matchdb.index.layout import BlockTables, Tree
+from matchdb.index.blocks import NO_HITS, block_hits
+from matchdb.index.kernels import Counts, Distance, Ints, first_of_each, runs
+from matchdb.index.layout import Tree
 
-NO_HITS: tuple[Ints, Ints] = (np.empty(0, np.int64), np.empty(0, np.int64))
+__all__ = ["NO_HITS", "Best", "sorted_hits", "tree_nearest", "tree_range"]
 
 
 class Best:
@@ -91,20 +92,18 @@ def sorted_hits(bits: Ints, keys: Ints, nbits: int) -> tuple[Ints, Ints]:
 
 
 def tree_range(tree: Tree, distance: Distance, radius: int) -> tuple[Ints, Ints]:
-    """(bits, keys) of the live tree records within ``radius`` of the query, in no particular order; with block
-    tables a record can come more than once (the caller sorts and drops repeats)."""
+    """(bits, keys) of the live tree records within ``radius`` of the query, in no particular order."""
     if tree.size == 0:
         return NO_HITS
-    if tree.size < (tuning.SMALL_BLOCKS if tree.blocks else tuning.SMALL_PIVOTS)[0]:
-        found = None
-    elif tree.blocks is not None:
-        hits = _block_hits(tree, distance, 0, radius, radius)
+    found = None
+    if tree.size >= _small_blocks(tree)[0] and radius <= tree.blocks.reach:
+        parts = tree.blocks.query_parts(distance.query)
+        hits = block_hits(tree.blocks, tree.words, distance, parts, (0, radius), radius, _block_budget(tree))
         if hits is not None:
-            pos, bits = hits
+            pos, bits, _ = hits
             alive = tree.alive[pos]
             return bits[alive], tree.keys[pos[alive]]
-        found = None
-    else:
+    if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[0]:
         found = _pivot_runs(tree, distance, radius)
     if found is None:  # pruning keeps too much: a plain scan is faster
         counts = distance(tree.words)
@@ -116,6 +115,19 @@ def tree_range(tree: Tree, distance: Distance, radius: int) -> tuple[Ints, Ints]
     pos = found[near]
     alive = tree.alive[pos]
     return counts[near][alive].astype(np.int64), tree.keys[pos[alive]]
+
+
+def _small_blocks(tree: Tree) -> tuple[int, int]:
+    """Below these sizes (radius search, k nearest) a scan costs less than the block tables' fixed cost."""
+    return tuning.SMALL_NEAR if tree.pivot is not None else tuning.SMALL_BLOCKS
+
+
+def _block_budget(tree: Tree) -> float:
+    """Buckets and entries the block tables may read before the pivot tree (long hashes) or a scan (one-word
+    hashes) is the cheaper way."""
+    if tree.pivot is None:
+        return tuning.BLOCK_LINEAR_SHARE * tree.size
+    return max(tuning.BLOCK_TREE_MIN, tuning.BLOCK_TREE_SHARE * tree.size)
 
 
 def _pivot_runs(tree: Tree, distance: Distance, radius: int) -> Ints | None:
@@ -155,63 +167,16 @@ def _leaf_candidates(tree: Tree, leaves: Ints, near: Ints, radius: int) -> Ints 
     return None if len(found) > tuning.LINEAR_SHARE * tree.size else found
 
 
-def _block_hits(tree: Tree, distance: Distance, low: int, high: int, radius: int) -> tuple[Ints, Ints] | None:
-    """(tree positions, bits) of the records within ``radius`` among those the block tables find for the steps
-    ``low..high``; a record can come more than once (though not often: repeats are dropped from large answers).
-    None when the buckets hold more than a scan would cost.
-
-    Step ``t`` looks, in table ``t % m``, at the buckets whose value differs from the query's block in exactly
-    ``t // m`` bits. After steps ``0..R`` every record within ``R`` bits has been found: were it missed, each
-    block ``b`` would differ in more than ``(R - b) // m`` bits, and those numbers add up to ``R + 1`` (the
-    pigeonhole principle, spread over the tables as in multi-index hashing).
-    """
-    assert tree.blocks is not None
-    blocks = tree.blocks
-    masks, tables, bases = blocks.plan(low, high)
-    if not len(masks):
-        return NO_HITS
-    query_blocks = ((distance.scalar >> blocks.shift_array) & blocks.mask_array).astype(np.int64)
-    values = (masks ^ query_blocks[tables]) + bases
-    first = blocks.offsets[values]
-    last = blocks.offsets[values + 1]
-    if int((last - first).sum()) > tuning.BLOCK_LINEAR_SHARE * tree.size:
-        return None
-    rows = runs(first, last)
-    differ = blocks.words[rows] ^ distance.scalar
-    bits = np.bitwise_count(differ)
-    near = np.flatnonzero(bits <= radius)
-    rows = rows[near]
-    if len(rows) > 256:  # many hits (a large group of copies): drop the repeats before they are looked up
-        keep = _first_finds(blocks, tree.size, rows, differ[near], low, high)
-        rows, near = rows[keep], near[keep]
-    return blocks.order[rows].astype(np.int64), bits[near].astype(np.int64)
-
-
-def _first_finds(blocks: BlockTables, size: int, rows: Ints, differ: Words, low: int, high: int) -> Bools:
-    """Which of these bucket rows (found for steps ``low..high``) no earlier table also found in those steps."""
-    count = len(blocks.widths)
-    table = rows // size
-    keep = np.ones(len(rows), np.bool_)
-    for earlier, (width, shift) in enumerate(zip(blocks.widths[:-1], blocks.shifts[:-1], strict=True)):
-        weight_low = max(0, -(-(low - earlier) // count))
-        weight_high = min(width, (high - earlier) // count) if high >= earlier else -1
-        if weight_high < weight_low:
-            continue
-        block = np.bitwise_count((differ >> np.uint64(shift)) & np.uint64((1 << width) - 1))
-        keep &= ~((table > earlier) & (block >= weight_low) & (block <= weight_high))
-    return keep
-
-
 def tree_nearest(tree: Tree, distance: Distance, best: Best) -> None:
     """Offer ``best`` every live tree record that can be among the k nearest."""
     if tree.size == 0:
         return
-    if tree.size < (tuning.SMALL_BLOCKS if tree.blocks else tuning.SMALL_PIVOTS)[1]:
-        _linear_nearest(tree, distance, best)
-    elif tree.blocks is not None:
-        _block_nearest(tree, distance, best)
-    else:
+    if tree.size >= _small_blocks(tree)[1] and _block_nearest(tree, distance, best):
+        return
+    if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[1]:
         _pivot_nearest(tree, distance, best)
+    else:
+        _linear_nearest(tree, distance, best)
 
 
 def _offer_positions(tree: Tree, distance: Distance, best: Best, found: Ints) -> None:
@@ -222,22 +187,27 @@ def _offer_positions(tree: Tree, distance: Distance, best: Best, found: Ints) ->
     best.offer(pos[alive], bits[near][alive], tree.keys[pos[alive]])
 
 
-def _block_nearest(tree: Tree, distance: Distance, best: Best) -> None:
-    """Steps of the block search in rounds (one more differing bit per table each round) until the k-th best
-    distance is certified: every record within it has been found."""
-    assert tree.blocks is not None
-    count = len(tree.blocks.widths)
-    done = -1
+def _block_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
+    """Steps of the block search in rounds until the k-th best distance is certified (every record within it has
+    been found). The rounds grow (1, 2, 4 ... steps, at most one more differing bit per table): a near duplicate
+    found early shrinks the radius before most steps are run. False when certifying needs more than the tables'
+    reach, or a round more than the budget (the caller goes on from what ``best`` holds)."""
+    count = tree.blocks.count
+    budget = _block_budget(tree)
+    parts = tree.blocks.query_parts(distance.query)
+    done, width = -1, 1
     while done < best.limit and best.radius > done:
-        high = min(best.limit, best.radius, done + count)
-        hits = _block_hits(tree, distance, done + 1, high, best.radius)
+        if done >= tree.blocks.reach:
+            return False
+        high = min(best.limit, best.radius, done + width, tree.blocks.reach)
+        hits = block_hits(tree.blocks, tree.words, distance, parts, (done + 1, high), best.radius, budget)
         if hits is None:
-            _linear_nearest(tree, distance, best)
-            return
-        pos, bits = hits
+            return False
+        pos, bits, _ = hits
         alive = tree.alive[pos]
         best.offer(pos[alive], bits[alive], tree.keys[pos[alive]])
-        done = high
+        done, width = high, count
+    return True
 
 
 def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -245,10 +246,14 @@ class IndexRegistry:
             with self._engine.connect() as connection:
                 stored = load_hashes(connection, collection_id)
             # Into an empty index a bulk load builds the tree at once, so the first query after "ready" does not.
-            loaded.by_kind["bmh1"].bulk_load_packed(stored.keys, stored.bmh1)
-            loaded.by_kind["phash"].bulk_load_packed(stored.keys, stored.phash)
+            # The two hash types build in parallel (numpy releases the GIL in its long loops: two cores, two builds).
+            packed = {"bmh1": stored.bmh1, "phash": stored.phash}
+            with ThreadPoolExecutor(len(packed), thread_name_prefix="matchdb-build") as pool:
+                builds = [pool.submit(loaded.by_kind[k].bulk_load_packed, stored.keys, v) for k, v in packed.items()]
+                for build in builds:
+                    build.result()
             loaded.row_ids.load(stored.keys)
-            del stored
+            del stored, packed
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
