@@ -16,15 +16,16 @@ import random
 import threading
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from starlette.testclient import TestClient
 
 from matchdb.config import Settings
 from matchdb.service.indexes import IndexRegistry
-from matchdb.storage.collections import create_collection
+from matchdb.storage.collections import create_collection, delete_collection
 from matchdb.storage.database import make_engine
-from matchdb.storage.records import NewRecord, delete_records, update_attributes, upsert_records
+from matchdb.storage.records import CollectionGone, NewRecord, delete_records, update_attributes, upsert_records
 from matchdb.storage.schema import records as records_table
 from matchdb.storage.transactions import Writer, write_transaction
 from matchdb.web.app import create_app
@@ -194,4 +195,15 @@ def test_a_write_that_cannot_get_its_turn_is_503_with_retry_after(database_url: 
         assert after.status_code == 200 and after.json()["status"]["code"] == 200
         ids = client.post("/v2/allIDs", json={}, headers=headers).json()["ids"]
         assert sorted(ids) == ["a", "b"]
+    engine.dispose()
+
+
+def test_an_insert_into_a_collection_deleted_meanwhile_says_so(database_url: str) -> None:
+    engine = make_engine(database_url)
+    writer = Writer(engine)
+    collection = writer.run(lambda c: create_collection(c, "default", "gone")).id
+    writer.run(lambda c: delete_collection(c, collection))
+    record = NewRecord("a", {}, None, 1, 1, "x", bytes(121), bytes(8))
+    with pytest.raises(CollectionGone):
+        writer.run(lambda c: upsert_records(c, collection, [record]))
     engine.dispose()
