@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from matchdb.errors import DatabaseUnavailable
-from matchdb.storage.changes import serialise_writers
+from matchdb.storage.changes import TURN_HELD, WRITERS_LOCK
 from matchdb.storage.turns import sqlite_writer_turn
 
 T = TypeVar("T")
@@ -96,8 +96,9 @@ def write_transaction(engine: Engine, timeout: float = DEFAULT_TIMEOUT) -> Itera
         return
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":  # Postgres queues lock requests in order: fair already
-            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(timeout * 1000))}")
-            serialise_writers(connection)
+            milliseconds = max(1, round(timeout * 1000))
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}; {WRITERS_LOCK}")  # one round trip
+            connection.execution_options(**{TURN_HELD: True})
         yield connection
 
 
