@@ -1,10 +1,10 @@
 """Write transactions that take turns, retries of the failures a retry cures, and which database errors mean
 "the database cannot answer now" (:class:`~matchdb.errors.DatabaseUnavailable`, a 503) rather than a bug.
 
-Every write transaction starts by taking the writers' turn: on SQLite a place in a fair queue (:mod:`.turns`), then
-``BEGIN IMMEDIATE`` (the write lock); on Postgres the change-log table lock (waited for up to ``lock_timeout``). Writers
-therefore never interleave, so a path that reads and then writes (update's merge, a collection check) sees no
-other writer's half-done work, no two writers can deadlock, and SQLite never has to abandon a transaction whose
+Every write transaction starts by taking the writers' turn: on SQLite a place in a fair queue (:mod:`.turns`),
+then ``BEGIN IMMEDIATE`` (the write lock); on Postgres the change-log table lock (waited for up to
+``lock_timeout``). Writers therefore never interleave, so a path that reads and then writes (update's merge) sees
+no other writer's half-done work, no two writers can deadlock, and SQLite never has to abandon a transaction whose
 snapshot went stale ("database is locked" without waiting). Upserts are single ``INSERT ... ON CONFLICT``
 statements on top of that (see :mod:`matchdb.storage.records`), so they stay atomic even without the turn.
 """
