@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -140,13 +141,17 @@ def verify(url: str, server_url: str | None, collection: str, results: list[Resu
     out = {
         "acknowledged_records": check.acknowledged_records,
         "stored_records": check.stored,
+        "acknowledged_unique_records": check.acknowledged_new,
+        "stored_unique_records": check.stored_new,
         "problems": check.problems[:20],
         "batches_in_part": partial[:20],
         "index_problems": index_problems[:20],
     }
     verdict = "OK" if not (check.problems or partial or index_problems) else "PROBLEMS"
     print(
-        f"  database: {check.acknowledged_records} acknowledged inserted records, {check.stored} stored; "
+        f"  database: of {check.acknowledged_new} acknowledged records with an _id of their own "
+        f"{check.stored_new} are stored; {check.acknowledged_records} acknowledged records in all, "
+        f"{check.stored} stored (racing upserts and deletes share _id values); "
         f"{len(check.problems)} problems, {len(partial)} batches stored in part"
         + (f"; index vs database: {len(index_problems)} differences" if server_url else "")
         + f" -> {verdict}"
@@ -210,7 +215,7 @@ def run_outage(args: argparse.Namespace, images: Images) -> dict[str, Any]:
             print(f"  {summary.line()}")
             print(f"  {outage.line()}")
             firsts = ", ".join(f"{op} {s:.2f} s" for op, s in sorted(outage.first_ok_after.items()))
-            print(f"  first success after the database's return: {firsts}")
+            print(f"  first success of a request sent after the database's return: {firsts}")
             print(f"  503 answers without Retry-After: {outage.missing_retry_after}")
             print_table(per_operation(results))
             checks = verify(url, server.url, collection, results, images)
@@ -242,14 +247,18 @@ def run_sigterm(args: argparse.Namespace, images: Images) -> dict[str, Any]:
             results, sent_at, exited_at, status = asyncio.run(scenario())
         summary = summarize(results, args.duration)
         before = [r for r in results if r.started < sent_at]
-        cut_before = sum(1 for r in before if r.http is None)
+        cut = [r for r in before if r.http is None]
+        cut_before = len(cut)
         in_flight = sum(1 for r in before if r.ended > sent_at and r.http is not None)
+        after = Counter(r.error or str(r.http) for r in results if r.started >= sent_at)
         print(f"{args.database}, --workers {args.workers}, {args.clients} clients, SIGTERM after {args.duration:g} s:")
         print(f"  {summary.line()}")
         print(
             f"  exit status {status} after {exited_at - sent_at:.2f} s; {in_flight} requests in flight at SIGTERM "
             f"answered, {cut_before} sent before it unanswered"
+            + "".join(f"\n    unanswered: {r.op} sent {sent_at - r.started:.3f} s before it: {r.error}" for r in cut)
         )
+        print(f"  requests sent after SIGTERM: {dict(after)} (a refused connection stores nothing: the client retries)")
         checks = verify(url, None, collection, results, images)
     return {
         "summary": asdict(summary),

@@ -280,6 +280,8 @@ class Check:
 
     acknowledged_records: int = 0  # records of inserts answered 200 (each must be stored)
     stored: int = 0
+    acknowledged_new: int = 0  # of which with an _id no other request used (insert_new): each is stored ...
+    stored_new: int = 0  # ... and found here
     problems: list[str] = field(default_factory=list)
 
 
@@ -299,6 +301,8 @@ def check_stored(rows: Mapping[str, StoredRow], results: Iterable[Result], image
         elif result.op == "delete":
             deletable.update(result.ext_ids)
     check = Check(acknowledged_records=sum(len(v) for v in acknowledged.values()), stored=len(rows))
+    new = [ext_id for ext_id in acknowledged if ext_id.startswith("new-")]
+    check.acknowledged_new, check.stored_new = len(new), sum(1 for ext_id in new if ext_id in rows)
     for ext_id in sorted(acknowledged):
         if ext_id not in rows and ext_id not in deletable:
             check.problems.append(f"acknowledged record {ext_id} is not stored")

@@ -10,23 +10,28 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import operator
 import random
+import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
-from sqlalchemy import select
-from sqlalchemy.engine import Connection
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import Connection, make_url
 from starlette.testclient import TestClient
 
 from matchdb.config import Settings
 from matchdb.service.indexes import IndexRegistry
-from matchdb.storage.collections import create_collection
+from matchdb.storage.collections import create_collection, delete_collection
 from matchdb.storage.database import make_engine
-from matchdb.storage.records import NewRecord, delete_records, update_attributes, upsert_records
+from matchdb.storage.records import CollectionGone, NewRecord, delete_records, update_attributes, upsert_records
 from matchdb.storage.schema import records as records_table
 from matchdb.storage.transactions import Writer, write_transaction
+from matchdb.storage.turns import FairLock
 from matchdb.web.app import create_app
 from tests.imagegen import encode, photo_like
 from tests.test_index_registry import random_bmh1
@@ -167,6 +172,24 @@ def _png_b64(seed: int) -> str:
     return base64.b64encode(encode(Image.fromarray(photo_like(32, 24, seed=seed)), "PNG")).decode()
 
 
+@contextlib.contextmanager
+def _another_writer(database_url: str, engine: Engine) -> Iterator[None]:
+    """Another program holding the write lock: on SQLite a plain sqlite3 connection (it does not queue with
+    matchdb's writers), on Postgres a transaction holding the writers' table lock."""
+    if database_url.startswith("sqlite"):
+        connection = sqlite3.connect(make_url(database_url).database or "", isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    with write_transaction(engine) as blocker:
+        blocker.exec_driver_sql("SELECT 1")
+        yield
+
+
 def test_a_write_that_cannot_get_its_turn_is_503_with_retry_after(database_url: str) -> None:
     settings = Settings(database_url=database_url, database_timeout=0.5, write_attempts=2, hash_threads=1)
     engine = make_engine(database_url)
@@ -176,8 +199,7 @@ def test_a_write_that_cannot_get_its_turn_is_503_with_retry_after(database_url: 
         body = {"records": [{"_id": "a", "_base64": _png_b64(1)}]}
         assert client.post("/v2/insert", json=body, headers=headers).json()["status"]["code"] == 200
 
-        with write_transaction(engine) as blocker:  # another writer holds the turn (the write lock)
-            blocker.exec_driver_sql("SELECT 1")
+        with _another_writer(database_url, engine):
             refused = client.post(
                 "/v2/insert", json={"records": [{"_id": "b", "_base64": _png_b64(2)}]}, headers=headers
             )
@@ -195,3 +217,39 @@ def test_a_write_that_cannot_get_its_turn_is_503_with_retry_after(database_url: 
         ids = client.post("/v2/allIDs", json={}, headers=headers).json()["ids"]
         assert sorted(ids) == ["a", "b"]
     engine.dispose()
+
+
+def test_an_insert_into_a_collection_deleted_meanwhile_says_so(database_url: str) -> None:
+    engine = make_engine(database_url)
+    writer = Writer(engine)
+    collection = writer.run(lambda c: create_collection(c, "default", "gone")).id
+    writer.run(lambda c: delete_collection(c, collection))
+    record = NewRecord("a", {}, None, 1, 1, "x", bytes(121), bytes(8))
+    with pytest.raises(CollectionGone):
+        writer.run(lambda c: upsert_records(c, collection, [record]))
+    engine.dispose()
+
+
+def test_the_fair_lock_hands_over_in_arrival_order() -> None:
+    lock = FairLock()
+    assert lock.acquire(timeout=1)
+    order: list[int] = []
+
+    def wait(number: int) -> None:
+        assert lock.acquire(timeout=30)
+        order.append(number)
+        lock.release()
+
+    threads = []
+    for number in range(6):
+        threads.append(threading.Thread(target=wait, args=(number,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(lock._waiters) < number + 1:  # this one queues before the next starts
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    assert not lock.acquire(timeout=0.01)  # a latecomer that gives up leaves the queue as it was
+    lock.release()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert order == list(range(6))

@@ -59,7 +59,13 @@ def resolve_collection(
         if not create:
             where = f" in workspace {workspace!r}" if workspace is not None else ""
             raise CollectionNotFound(f"no collection {key!r}{where}", closest_first(key, [c.name for c in every]))
-        return collection_store.create_collection(connection, workspace or DEFAULT_WORKSPACE, key), True
+        try:
+            return collection_store.create_collection(connection, workspace or DEFAULT_WORKSPACE, key), True
+        except collection_store.CollectionExists:  # another ingest created it a moment ago: use that one
+            created = collection_store.find_collection(connection, workspace or DEFAULT_WORKSPACE, key)
+            if created is None:
+                raise
+            return created, False
 
 
 def nearest_records(

@@ -24,11 +24,15 @@ class Change:
     record_id: int | None
 
 
+WRITERS_LOCK = "LOCK TABLE changes IN SHARE ROW EXCLUSIVE MODE"
+TURN_HELD = "matchdb_writers_turn"  # execution option of a connection whose transaction holds the lock already
+
+
 def serialise_writers(connection: Connection) -> None:
     """On Postgres, writers take turns until commit, so ``seq`` values become visible in increasing order and a
     reader that has seen ``seq`` N can never later find an N - 1 (SQLite has a single writer anyway)."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("LOCK TABLE changes IN SHARE ROW EXCLUSIVE MODE"))
+    if connection.dialect.name == "postgresql" and not connection.get_execution_options().get(TURN_HELD):
+        connection.execute(text(WRITERS_LOCK))
 
 
 ALL_COLLECTIONS = "*"

@@ -7,6 +7,7 @@ change-log entries. Functions never commit. Writers run them in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,8 +78,10 @@ class CollectionGone(MatchdbError):
     """The collection was deleted (by another request) before the write reached it."""
 
 
+@functools.cache
 def _upsert(dialect: str) -> Any:
-    """``INSERT ... ON CONFLICT (collection_id, ext_id) DO UPDATE ... RETURNING id, ext_id`` for ``dialect``."""
+    """``INSERT ... ON CONFLICT (collection_id, ext_id) DO UPDATE ... RETURNING id, ext_id`` for ``dialect`` (built
+    once: building it took a millisecond, while the writers' turn is held)."""
     statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(records)
     statement = statement.on_conflict_do_update(
         index_elements=[records.c.collection_id, records.c.ext_id],

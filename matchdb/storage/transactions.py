@@ -1,10 +1,10 @@
 """Write transactions that take turns, retries of the failures a retry cures, and which database errors mean
 "the database cannot answer now" (:class:`~matchdb.errors.DatabaseUnavailable`, a 503) rather than a bug.
 
-Every write transaction starts by taking the writers' turn: on SQLite ``BEGIN IMMEDIATE`` (the write lock, waited
-for up to the busy timeout), on Postgres the change-log table lock (waited for up to ``lock_timeout``). Writers
-therefore never interleave, so a path that reads and then writes (update's merge, a collection check) sees no
-other writer's half-done work, no two writers can deadlock, and SQLite never has to abandon a transaction whose
+Every write transaction starts by taking the writers' turn: on SQLite a place in a fair queue (:mod:`.turns`),
+then ``BEGIN IMMEDIATE`` (the write lock); on Postgres the change-log table lock (waited for up to
+``lock_timeout``). Writers therefore never interleave, so a path that reads and then writes (update's merge) sees
+no other writer's half-done work, no two writers can deadlock, and SQLite never has to abandon a transaction whose
 snapshot went stale ("database is locked" without waiting). Upserts are single ``INSERT ... ON CONFLICT``
 statements on top of that (see :mod:`matchdb.storage.records`), so they stay atomic even without the turn.
 """
@@ -24,7 +24,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from matchdb.errors import DatabaseUnavailable
-from matchdb.storage.changes import serialise_writers
+from matchdb.storage.changes import TURN_HELD, WRITERS_LOCK
+from matchdb.storage.turns import sqlite_writer_turn
 
 T = TypeVar("T")
 log = logging.getLogger("matchdb.storage")
@@ -86,14 +87,18 @@ def unavailable(exc: BaseException) -> DatabaseUnavailable | None:
 @contextlib.contextmanager
 def write_transaction(engine: Engine, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Connection]:
     """A transaction that holds the writers' turn from its first statement to its commit."""
-    with engine.begin() as connection:
-        if connection.dialect.name == "sqlite":
-            # pysqlite opens transactions itself only before DML; an explicit BEGIN is left alone, and commit()
-            # ends it. The wait for the lock is the connection's busy timeout.
+    if engine.dialect.name == "sqlite":
+        # Queue fairly first (see turns.py), then take SQLite's write lock. pysqlite opens transactions itself only
+        # before DML; an explicit BEGIN is left alone, and commit() ends it.
+        with sqlite_writer_turn(engine.url.database, timeout), engine.begin() as connection:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        elif connection.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(timeout * 1000))}")
-            serialise_writers(connection)
+            yield connection
+        return
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # Postgres queues lock requests in order: fair already
+            milliseconds = max(1, round(timeout * 1000))
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}; {WRITERS_LOCK}")  # one round trip
+            connection.execution_options(**{TURN_HELD: True})
         yield connection
 
 
