@@ -32,7 +32,25 @@ NO_SMALL_SCAN = {"SMALL_BLOCKS": (0, 0), "SMALL_NEAR": (0, 0), "SMALL_PIVOTS": (
 #: up to a large radius.
 TUNINGS: dict[str, dict[str, object]] = {
     "default": {},
-    "deep": {"LEAF_SIZE": 3, "FANOUT": 4, "BLOCK_BYTES": 1, "DELTA_MIN": 16, **NO_SMALL_SCAN},
+    "deep": {
+        "LEAF_SIZE": 3,
+        "FANOUT": 4,
+        "BLOCK_BYTES": 1,
+        "DELTA_MIN": 16,
+        "BLOCK_TREE_MIN": 0,  # the block tables give up on long hashes at times: the pivot tree goes on
+        "BLOCK_TREE_SHARE": 1.0,
+        **NO_SMALL_SCAN,
+    },
+    "pivots": {  # no block tables for long hashes: every path of the pivot tree's k nearest
+        "LEAF_SIZE": 2,
+        "FANOUT": 3,
+        "FIRST_LEAVES": 1,
+        "BLOCK_TREE_MIN": 0,
+        "BLOCK_TREE_SHARE": 0.0,
+        "LINEAR_SHARE": 2.0,
+        "LEAF_SCAN_SHARE": 2.0,
+        **NO_SMALL_SCAN,
+    },
     "tables": {
         "NEAR_SHARE": 0.2,
         "TABLE_RADIUS": 0,
@@ -152,8 +170,10 @@ def test_index_equals_brute_force_through_changes(
 
 
 @pytest.mark.parametrize("nbits", [64, 961])
-@pytest.mark.parametrize("tuning", ["default", "deep"])
+@pytest.mark.parametrize("tuning", ["default", "deep", "pivots"])
 def test_radius_search_equals_pybktree_find(nbits: int, tuning: str) -> None:
+    """Also the k nearest against a brute-force scan: with 1,500 records in tiny leaves the pivot tree's k nearest
+    reads its leaves in batches and tests the share they would keep."""
     rng = random.Random(nbits)
     values = clustered(rng, nbits, 1500)
     reference = pybktree.BKTree(lambda a, b: (a ^ b).bit_count(), values)
@@ -166,6 +186,9 @@ def test_radius_search_equals_pybktree_find(nbits: int, tuning: str) -> None:
                 expected = {value for _, value in reference.find(query, radius)}
                 found = {values[hit.key] for hit in index.search(query, radius)}
                 assert found == expected
+            items = dict(enumerate(values))
+            for k in (1, 10, 300):
+                assert index.nearest(query, k) == brute_force(items, query)[:k]
 
 
 @pytest.mark.parametrize("nbits", [64, 961])
