@@ -148,7 +148,7 @@ def load(args: argparse.Namespace) -> tuple[str, Callable[[], None], Any, str]:
     upgrade(engine)
     with engine.begin() as connection:
         collection = create_collection(connection, "default", "browse").id
-    rate = write(engine, collection, hashes, args.batch)
+    rate = write(engine, collection, hashes, len(hashes), args.batch)
     print(f"stored {args.records:,} records at {rate:,.0f} rows/s")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE records"))  # what autovacuum does after a bulk load
