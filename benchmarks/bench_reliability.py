@@ -59,7 +59,7 @@ from tests.load import (  # noqa: E402
     make_images,
     new_collection,
     partial_batches,
-    read_rows,
+    stored_rows,
     summarize,
     summarize_outage,
 )
@@ -130,11 +130,7 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
 
 def verify(url: str, server_url: str | None, collection: str, results: list[Result], images: Images) -> dict[str, Any]:
     """The database against what was acknowledged; both workers' indexes against the database (if it runs)."""
-    engine = make_engine(url)
-    try:
-        rows = read_rows(engine, collection)
-    finally:
-        engine.dispose()
+    rows = stored_rows(url, collection)
     check = check_stored(rows, results, images)
     partial = partial_batches(rows, results)
     index_problems = check_index(server_url, collection, rows, images) if server_url else []

@@ -34,6 +34,7 @@ from PIL import Image
 from sqlalchemy import Engine, select
 
 from matchdb.hashing import hash_image
+from matchdb.storage.database import make_engine
 from matchdb.storage.schema import records as records_table
 from tests.imagegen import encode, photo_like
 
@@ -262,6 +263,15 @@ class StoredRow:
     ext_id: str
     checksum: str
     bmh1: bytes
+
+
+def stored_rows(database_url: str, collection: str) -> dict[str, StoredRow]:
+    """:func:`read_rows` through an engine of its own."""
+    engine = make_engine(database_url)
+    try:
+        return read_rows(engine, collection)
+    finally:
+        engine.dispose()
 
 
 def read_rows(engine: Engine, collection: str) -> dict[str, StoredRow]:

@@ -19,25 +19,24 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from matchdb.storage.database import make_engine
 from tests.load import (
     INSERTS,
     Images,
     Load,
     Result,
-    StoredRow,
     check_index,
     check_stored,
     make_images,
     new_collection,
     partial_batches,
-    read_rows,
     run_load,
+    stored_rows,
     summarize,
 )
 from tests.servers import RunningServer, matchdb_server
 
 LOAD_SECONDS = 4.0  # CI: long enough for hundreds of requests and many same-_id races on this hardware
+START_TIMEOUT = 60.0  # two workers importing everything on a busy 2-core machine took more than the usual 20 s
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +46,8 @@ def images() -> Images:
 
 @pytest.fixture
 def server(database_url: str) -> Iterator[RunningServer]:
-    with matchdb_server({"MATCHDB_DATABASE_URL": database_url}, workers=2) as running:
+    with matchdb_server({"MATCHDB_DATABASE_URL": database_url}, workers=2, timeout=START_TIMEOUT) as running:
         yield running
-
-
-def _rows(database_url: str, collection: str) -> dict[str, StoredRow]:
-    engine = make_engine(database_url)
-    try:
-        return dict(read_rows(engine, collection))
-    finally:
-        engine.dispose()
 
 
 def test_fifty_clients_with_same_id_races_get_no_5xx_and_no_dropped_connection(
@@ -77,11 +68,7 @@ def test_fifty_clients_with_same_id_races_get_no_5xx_and_no_dropped_connection(
     raced = [r for r in results if r.op == "insert_race" and r.acknowledged]
     assert len(raced) > len({r.ext_ids for r in raced}), "no _id was upserted twice: no race happened"
 
-    engine = make_engine(database_url)
-    try:
-        rows = read_rows(engine, collection)
-    finally:
-        engine.dispose()
+    rows = stored_rows(database_url, collection)
     check = check_stored(rows, results, images)
     assert check.problems == [], check.problems[:10]
     assert check.acknowledged_records > 0
@@ -123,13 +110,13 @@ def test_sigkill_mid_insert_batches_loses_no_acknowledged_record_and_no_batch_in
     assert cut, "the kill cut no request off"
     assert all(r.http in (200, None) for r in results), summarize(results, 1).line()
 
-    rows = _rows(database_url, collection)
+    rows = stored_rows(database_url, collection)
     check = check_stored(rows, results, images)
     assert check.problems == [], check.problems[:10]
     assert partial_batches(rows, results) == []
 
     # A server started afterwards serves exactly what is stored.
-    with matchdb_server({"MATCHDB_DATABASE_URL": database_url}, workers=2) as again:
+    with matchdb_server({"MATCHDB_DATABASE_URL": database_url}, workers=2, timeout=START_TIMEOUT) as again:
         assert check_index(again.url, collection, rows, images) == []
 
 
@@ -155,13 +142,13 @@ def test_sigterm_under_load_drains_exits_0_and_every_acknowledged_insert_is_stor
     assert all(r.http is None or r.http < 500 for r in results), summarize(results, 1).line()
     assert "Traceback" not in server.log(), server.log()[-3000:]
 
-    rows = _rows(database_url, collection)
+    rows = stored_rows(database_url, collection)
     check = check_stored(rows, results, images)
     assert check.problems == [], check.problems[:10]
     assert check.acknowledged_records >= 20
 
 
 def test_sigterm_to_a_single_process_server_exits_0(tmp_path: object) -> None:
-    with matchdb_server({}, workers=1) as server:
+    with matchdb_server({}, workers=1, timeout=START_TIMEOUT) as server:
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0, server.log()

@@ -40,6 +40,16 @@ THREADS = 8
 STEPS = 25
 
 
+def run_threads(work: Callable[[int], None]) -> None:
+    """``work(0)`` ... ``work(THREADS - 1)`` at the same time, each in its own thread; returns when all are done."""
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+
+
 def test_concurrent_same_id_writes_keep_one_whole_record_per_id(database_url: str) -> None:
     engine = make_engine(database_url)
     writer = Writer(engine, attempts=5)
@@ -80,12 +90,7 @@ def test_concurrent_same_id_writes_keep_one_whole_record_per_id(database_url: st
             except Exception as exc:
                 errors.append(f"thread {number} step {step}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads)
+    run_threads(work)
     assert errors == [], errors[:5]
 
     with engine.connect() as connection:
@@ -135,11 +140,7 @@ def test_racing_upserts_of_one_id_all_succeed_even_outside_the_writers_turn(data
             except Exception as exc:
                 errors.append(f"thread {number} step {step}: {type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    run_threads(work)
     assert errors == [], errors[:3]
     with engine.connect() as connection:
         rows = connection.execute(

@@ -25,7 +25,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from matchdb.storage.database import make_engine
 from tests.conftest import fresh_postgres_database
 from tests.load import (
     COLLECTION_OPS,
@@ -36,7 +35,7 @@ from tests.load import (
     check_stored,
     make_images,
     new_collection,
-    read_rows,
+    stored_rows,
     summarize,
     summarize_outage,
 )
@@ -90,7 +89,7 @@ def test_postgres_stopped_under_load_503s_then_recovers_and_loses_no_acknowledge
     url, _drop = fresh_postgres_database(private_pg.server_url)  # no need to drop it: the cluster goes
     if True:
         env = {"MATCHDB_DATABASE_URL": url, "MATCHDB_DATABASE_TIMEOUT": str(DATABASE_TIMEOUT)}
-        with matchdb_server(env, workers=2) as server:
+        with matchdb_server(env, workers=2, timeout=60) as server:  # a busy machine: slow start
             collection = new_collection(server.url, "outage")
             mix = {"insert_new": 3, "insert_race": 2, "knn": 3, "get": 1, "hash": 2}
             load = Load(server.url, collection, images, clients=16, mix=mix, seed=4)
@@ -113,11 +112,7 @@ def test_postgres_stopped_under_load_503s_then_recovers_and_loses_no_acknowledge
             assert tail and all(r.http != 503 for r in tail), figures
             assert set(mix) <= set(outage.first_ok_after), figures
 
-            engine = make_engine(url)
-            try:
-                rows = read_rows(engine, collection)
-            finally:
-                engine.dispose()
+            rows = stored_rows(url, collection)
             check = check_stored(rows, results, images)
             assert check.problems == [], check.problems[:10]
             assert check_index(server.url, collection, rows, images) == []
