@@ -52,7 +52,7 @@ async def collection_of(request: Request, principal: Principal) -> collection_st
 
     def find() -> collection_store.CollectionInfo | None:
         with _engine(request).connect() as connection:
-            return collection_store.find_collection(connection, principal.workspace, key)
+            return collection_store.find_collection(connection, principal.workspace, key, with_count=False)
 
     found = await run_in_threadpool(find)
     if found is None:
