@@ -39,7 +39,7 @@ class Tree:
 
     nbits: int
     words: Words  # (n, nwords), tree order
-    keys: Ints  # (n,), tree order
+    keys: npt.NDArray[np.signedinteger]  # (n,), tree order (int32 when they fit; read them through key_at)
     alive: Bools  # (n,), tombstones are False; changed in place
     sorted_keys: npt.NDArray[np.signedinteger]  # keys, sorted, to find a key's position (int32 when they fit)
     sorted_pos: npt.NDArray[np.int32]  # position in tree order of each of sorted_keys
@@ -57,6 +57,10 @@ class Tree:
             own.append(self.words)
         extra = (self.pivot.nbytes if self.pivot else 0) + self.blocks.nbytes
         return sum(a.nbytes for a in own) + extra
+
+    def key_at(self, positions: Ints) -> Ints:
+        """The keys at these tree positions, as int64 (what every answer carries)."""
+        return self.keys[positions].astype(np.int64)
 
     def positions_of(self, keys: Ints) -> Ints:
         """The tree position of each key (live or a tombstone), -1 where the tree has none."""
@@ -100,7 +104,9 @@ def build(nbits: int, words: Words, keys: Ints, seed: int) -> Tree:
     sorted_pos = stable_order(keys)
     sorted_keys = keys[sorted_pos]
     if len(keys) and int(sorted_keys[0]) >= -(2**31) and int(sorted_keys[-1]) < 2**31:
+        # Row ids of a collection below two billion (all of them, in practice): half the memory per key.
         sorted_keys = sorted_keys.astype(np.int32)
+        keys = keys.astype(np.int32)
     return Tree(
         nbits=nbits,
         words=words,

@@ -102,19 +102,19 @@ def tree_range(tree: Tree, distance: Distance, radius: int) -> tuple[Ints, Ints]
         if hits is not None:
             pos, bits, _ = hits
             alive = tree.alive[pos]
-            return bits[alive], tree.keys[pos[alive]]
+            return bits[alive], tree.key_at(pos[alive])
     if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[0]:
         found = _pivot_runs(tree, distance, radius)
     if found is None:  # pruning keeps too much: a plain scan is faster
         counts = distance(tree.words)
         pos = np.flatnonzero(counts <= radius)
         pos = pos[tree.alive[pos]]
-        return counts[pos].astype(np.int64), tree.keys[pos]
+        return counts[pos].astype(np.int64), tree.key_at(pos)
     counts = distance(np.take(tree.words, found, axis=0))
     near = np.flatnonzero(counts <= radius)
     pos = found[near]
     alive = tree.alive[pos]
-    return counts[near][alive].astype(np.int64), tree.keys[pos[alive]]
+    return counts[near][alive].astype(np.int64), tree.key_at(pos[alive])
 
 
 def _small_blocks(tree: Tree) -> tuple[int, int]:
@@ -184,7 +184,7 @@ def _offer_positions(tree: Tree, distance: Distance, best: Best, found: Ints) ->
     near = np.flatnonzero(bits <= best.radius)
     pos = found[near]
     alive = tree.alive[pos]
-    best.offer(pos[alive], bits[near][alive], tree.keys[pos[alive]])
+    best.offer(pos[alive], bits[near][alive], tree.key_at(pos[alive]))
 
 
 def _block_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
@@ -205,7 +205,7 @@ def _block_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
             return False
         pos, bits, _ = hits
         alive = tree.alive[pos]
-        best.offer(pos[alive], bits[alive], tree.keys[pos[alive]])
+        best.offer(pos[alive], bits[alive], tree.key_at(pos[alive]))
         done, width = high, count
     return True
 
@@ -229,7 +229,7 @@ def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:
         near = distance(np.take(pivot.pivots[level], frontier, axis=0)).astype(np.int64)
         pivot_pos = pivot.pivot_pos[level][frontier]
         live = tree.alive[pivot_pos]
-        best.offer(pivot_pos[live], near[live], tree.keys[pivot_pos[live]])
+        best.offer(pivot_pos[live], near[live], tree.key_at(pivot_pos[live]))
         if level == levels - 1:
             break
         radius = best.radius
@@ -312,7 +312,7 @@ def _linear_nearest(tree: Tree, distance: Distance, best: Best) -> None:
         pos = np.flatnonzero(bits <= shell)
         if not clean:
             pos = pos[tree.alive[pos]]
-        best.offer(pos, bits[pos], tree.keys[pos])
+        best.offer(pos, bits[pos], tree.key_at(pos))
         # done once every record within the k-th distance was offered
         if best.radius <= shell or wanted >= total:
             return

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import HammingIndex, NumpyTreeIndex
+from matchdb.memory import release_free_memory
 from matchdb.service.rowids import RowIds
 from matchdb.storage.changes import ALL_COLLECTIONS, PRUNED, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
@@ -253,7 +254,8 @@ class IndexRegistry:
                 for build in builds:
                     build.result()
             loaded.row_ids.load(stored.keys)
-            del stored, packed
+            del stored, packed, builds
+            release_free_memory()  # the load's peak is about twice the index: give the rest back
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
