@@ -102,21 +102,23 @@ def local_rows(database: str, folder: Path) -> dict[str, Row]:
     return rows(database, "local")
 
 
-def run(database: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    process = start(database, *args, **env)
+def run(database: str, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    process = start(database, *args, cwd=cwd, **env)
     out, err = process.communicate(timeout=300)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def start(database: str, *args: str, **env: str) -> subprocess.Popen[str]:
-    environment = {**os.environ, "MATCHDB_DATABASE_URL": database, **env}
-    environment.pop("MATCHDB_FETCH_ALLOW", None)  # the client downloads nothing: only the workers' setting counts
+def start(database: str, *args: str, cwd: Path | None = None, **env: str) -> subprocess.Popen[str]:
+    # no allow list unless given: on a cluster the client downloads nothing, only the workers' setting counts
+    environment = {k: v for k, v in os.environ.items() if k != "MATCHDB_FETCH_ALLOW"}
+    environment.update(MATCHDB_DATABASE_URL=database, **env)
     return subprocess.Popen(
         [sys.executable, "-m", "matchdb", *args],
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=cwd,
     )
 
 
@@ -237,53 +239,37 @@ def test_manifest_of_files_and_urls_fetched_by_the_workers(
 ) -> None:
     photos = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.jpg"))
     allowed, refused = f"http://127.0.0.1:{image_server}", "http://127.0.0.2:9"
+    (tmp_path / "imgs").mkdir()
+    shutil.copyfile(folder / photos[4], tmp_path / "imgs/p.jpg")
     lines: list[dict[str, Any]] = [
         {"_id": "file-1", "_file": str(folder / photos[0]), "price": 12, "tags": ["a"]},
         {"_url": f"{allowed}/{photos[1]}", "kind": "remote"},
         {"_id": "remote-2", "_url": f"{allowed}/{photos[2]}", "_file": str(folder / photos[2])},
+        {"_file": "imgs/p.jpg"},  # relative to the manifest, which is given relative to the client's folder
         {"_id": "gone", "_url": f"{allowed}/missing.jpg"},
         {"_id": "guarded", "_url": f"{refused}/x.jpg"},
         {"_id": "file-1", "_file": str(folder / photos[3])},
         {"price": 1},
     ]
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     allow = {"MATCHDB_FETCH_ALLOW": f"127.0.0.1:{image_server}"}
+    report = ["--report", "failures.jsonl"]
 
-    local = run(
-        database, "ingest", "--create", "--collection", "m-local", "--report", str(tmp_path / "l.jsonl"), str(manifest)
-    )
-    assert local.returncode == 1 and counts(local) == (2, 0, 0, 5)  # the client has no allow list: URLs refused
-    with_allow = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "matchdb",
-            "ingest",
-            "--collection",
-            "m-local",
-            "--report",
-            str(tmp_path / "l.jsonl"),
-            str(manifest),
-        ],
-        env={**os.environ, "MATCHDB_DATABASE_URL": database, **allow},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert with_allow.returncode == 1 and counts(with_allow) == (1, 0, 2, 4), with_allow.stdout
+    local = run(database, "ingest", "--create", "--collection", "m-local", *report, "manifest.jsonl", cwd=tmp_path)
+    assert local.returncode == 1 and counts(local) == (3, 0, 0, 5)  # the client has no allow list: URLs refused
+    with_allow = run(database, "ingest", "--collection", "m-local", *report, "manifest.jsonl", cwd=tmp_path, **allow)
+    assert with_allow.returncode == 1 and counts(with_allow) == (1, 0, 3, 4), with_allow.stdout
 
-    remote = run(database, *ingest_args("m-cluster", cluster, manifest, batch=3), "--report", str(tmp_path / "c.jsonl"))
+    remote = run(database, *ingest_args("m-cluster", cluster, Path("manifest.jsonl"), batch=3), *report, cwd=tmp_path)
     assert remote.returncode == 1, remote.stderr
-    assert counts(remote) == (3, 0, 0, 4)  # the workers' allow list lets them fetch from the image server
+    assert counts(remote) == (4, 0, 0, 4)  # the workers' allow list lets them fetch from the image server
     assert rows(database, "m-cluster") == rows(database, "m-local")
     assert rows(database, "m-cluster")["file-1"][5] == {"price": 12, "tags": ["a"]}
-    report = {line["_id"]: line["error"] for line in map(json.loads, (tmp_path / "c.jsonl").read_text().splitlines())}
-    assert set(report) == {"gone", "guarded", "file-1", None}
-    assert report["gone"] == f"HTTP 404 from '{allowed}/missing.jpg'"
-    assert "127.0.0.2" in report["guarded"]
-    assert "repeated" in report["file-1"]
+    failures = {line["_id"]: line["error"] for line in map(json.loads, (tmp_path / "failures.jsonl").open())}
+    assert set(failures) == {"gone", "guarded", "file-1", None}
+    assert failures["gone"] == f"HTTP 404 from '{allowed}/missing.jpg'"
+    assert "127.0.0.2" in failures["guarded"]
+    assert "repeated" in failures["file-1"]
 
 
 def test_sqlite_is_refused_with_a_clear_error(tmp_path: Path, folder: Path) -> None:

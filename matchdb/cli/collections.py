@@ -190,7 +190,7 @@ def _ingest_on_cluster(
                 scheduler,
                 settings.database_url,
                 info.id,
-                iter_items(paths),
+                iter_items([path.absolute() for path in paths]),  # the workers run elsewhere, in another folder
                 chunk_size=batch_size,
                 on_progress=bar.update,
                 on_failure=failures,
