@@ -6,6 +6,10 @@ The steps are separate functions so each can be tested and reasoned about alone:
 * :func:`run_ingest` looks up what is stored already (by ``_id``), reads files and checksums them in worker
   processes, hashes only images whose checksum changed, downloads URLs in this process (asyncio, bounded), and
   writes in batches, each batch one transaction. A rerun therefore costs one read and one SHA-256 per file.
+* :func:`file_outcome` and :func:`bytes_outcome` are the per-item work (checksum, hash if changed, compare with what
+  is stored), :func:`lookup_stored` and :func:`write_records` the storage side; both the local pipeline and
+  :func:`ingest_chunk` (one chunk of a cluster ingest, run by a Dask worker: :mod:`matchdb.service.cluster`) are
+  built from them, so the two behave the same.
 * :class:`Summary` and :class:`FailureReport` are what the CLI shows and writes.
 
 Worker processes get file paths, not bytes: a folder of large photos would otherwise cross the process boundary
