@@ -24,7 +24,7 @@ import pytest
 
 from matchdb.service.inputs import discover, iter_items
 from matchdb.storage import collections as collection_store
-from matchdb.storage.database import make_engine
+from matchdb.storage.database import make_engine, upgrade
 from matchdb.storage.records import page_ext_ids
 from tests.conftest import corpus_root, fresh_postgres_database
 from tests.test_ingest_cli import counts, stored
@@ -87,6 +87,9 @@ def cluster(image_server: int) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def database(postgres_server_url: str) -> Iterator[str]:
     url, drop = fresh_postgres_database(postgres_server_url)
+    engine = make_engine(url)
+    upgrade(engine)  # so a test can watch the records table while the first command is starting
+    engine.dispose()
     try:
         yield url
     finally:
@@ -231,6 +234,27 @@ def test_an_interrupted_client_stops_cleanly_and_a_rerun_resumes(
     new, updated, unchanged, failed = counts(rerun)
     assert (new + unchanged, updated, failed) == (PHOTOS, 0, 0) and unchanged >= done
     assert rows(database, "stopped") == local_rows
+
+
+@pytest.mark.postgres
+def test_an_error_that_would_fail_every_chunk_stops_the_run_with_its_summary(
+    database: str, folder: Path, cluster: Any
+) -> None:
+    process = started_and_storing(database, cluster, folder, "deleted", 8)
+    engine = make_engine(database)
+    try:
+        with engine.begin() as connection:  # another client deletes the collection under the ingest
+            info = collection_store.find_collection(connection, None, "deleted")
+            assert info is not None
+            collection_store.delete_collection(connection, info.id)
+    finally:
+        engine.dispose()
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, (out, err)
+    assert f"Error: a chunk failed on a worker: CollectionGone: collection {info.id} no longer exists" in err, err
+    assert "Traceback" not in err
+    new, _updated, _unchanged, failed = counts(subprocess.CompletedProcess([], 0, out, err))
+    assert new >= 8 and failed == 0  # what was done before, as the summary line says
 
 
 @pytest.mark.postgres
