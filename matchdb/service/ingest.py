@@ -55,21 +55,23 @@ class Hashes:
     height: int
     bmh1: bytes
     phash: bytes
+    thumbnail: bytes | None = None
 
 
-def hash_bytes(data: bytes, checksum: str, max_pixels: int) -> Hashes:
-    image = hash_image(data, HASH_TYPES, max_pixels)
-    return Hashes(checksum, image.width, image.height, image.hashes["bmh1"].data, image.hashes["phash"].data)
+def hash_bytes(data: bytes, checksum: str, max_pixels: int, thumbnail: bool = False) -> Hashes:
+    image = hash_image(data, HASH_TYPES, max_pixels, thumbnail)
+    bmh1, phash = image.hashes["bmh1"].data, image.hashes["phash"].data
+    return Hashes(checksum, image.width, image.height, bmh1, phash, image.thumbnail)
 
 
-def hash_file(path: str, known_checksum: str | None, max_pixels: int) -> Hashes | str:
+def hash_file(path: str, known_checksum: str | None, max_pixels: int, thumbnail: bool = False) -> Hashes | str:
     """Read and checksum a file; hash it only if the checksum differs from ``known_checksum`` (else return the
     checksum alone), so rerunning an ingest over unchanged files never decodes an image."""
     data = Path(path).read_bytes()
     checksum = hashlib.sha256(data).hexdigest()
     if checksum == known_checksum:
         return checksum
-    return hash_bytes(data, checksum, max_pixels)
+    return hash_bytes(data, checksum, max_pixels, thumbnail)
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------------------
@@ -150,6 +152,7 @@ class _Ingest:
         self._pool = pool
         self._fetcher = fetcher
         self._max_pixels = settings.max_pixels
+        self._thumbnails = settings.thumbnails
         self._downloads = asyncio.Semaphore(settings.fetch_concurrency)
         self._batch_size = batch_size
         self._window = window
@@ -234,7 +237,7 @@ class _Ingest:
             result: Hashes | str
             if item.path is not None:
                 known = stored.checksum if stored is not None else None
-                result = await self._in_pool(hash_file, str(item.path), known, self._max_pixels)
+                result = await self._in_pool(hash_file, str(item.path), known, self._max_pixels, self._thumbnails)
             else:
                 assert item.url is not None
                 async with self._downloads:
@@ -243,7 +246,7 @@ class _Ingest:
                 if stored is not None and stored.checksum == checksum:
                     result = checksum
                 else:
-                    result = await self._in_pool(hash_bytes, data, checksum, self._max_pixels)
+                    result = await self._in_pool(hash_bytes, data, checksum, self._max_pixels, self._thumbnails)
         except BrokenProcessPool:
             raise  # every later item would fail the same way: stop instead of reporting them all
         except OSError as exc:
@@ -276,7 +279,8 @@ class _Ingest:
 
 def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _Outcome:
     """New, updated or unchanged. A bare checksum means the stored image is the same, so its hashes are reused:
-    changed attributes are written without hashing again."""
+    changed attributes are written without hashing again (and the stored thumbnail is kept)."""
+    reused = isinstance(result, str)
     if isinstance(result, str):
         assert stored is not None
         result = Hashes(result, stored.width, stored.height, stored.bmh1, stored.phash)
@@ -289,6 +293,8 @@ def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _
         checksum=result.checksum,
         bmh1=result.bmh1,
         phash=result.phash,
+        thumbnail=result.thumbnail,
+        keep_thumbnail=reused,
     )
     if stored is None:
         return _Outcome("new", record)
