@@ -1,0 +1,221 @@
+"""The web console in a real browser: playwright driving Debian's Chromium (MATCHDB_TEST_CHROMIUM, never a
+downloaded browser) against a real ``matchdb serve`` holding 30 corpus photos inserted as ``_base64``.
+
+Every page's ``pageerror`` events and console errors are collected, and each test asserts there were none."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import CorpusImage
+from tests.servers import run_matchdb, run_matchdb_server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = [pytest.mark.chromium, pytest.mark.corpus]
+
+TOKEN = "console-test-token-0123456789abcdef"
+COLLECTION = "photos"
+
+
+@dataclass
+class Console:
+    url: str
+    reader: str  # a read-only token
+    photos: list[CorpusImage]
+    browser: Any
+    errors: list[str] = field(default_factory=list)
+
+    def page(self, width: int = 1280, height: int = 900) -> Any:
+        """A fresh tab (its own sessionStorage) whose JavaScript errors land in ``errors``."""
+        page = self.browser.new_page(viewport={"width": width, "height": height})
+
+        def on_console(message: Any) -> None:
+            if message.type == "error":
+                self.errors.append(f"console: {message.text}")
+
+        page.on("pageerror", lambda error: self.errors.append(f"pageerror: {error}"))
+        page.on("console", on_console)
+        return page
+
+    def sign_in(self, page: Any, token: str) -> None:
+        page.goto(self.url + "/")
+        page.fill("#token", token)
+        page.click("#sign-in button[type=submit]")
+        page.wait_for_selector("table.list")
+
+
+def thirty_photos(corpus: list[CorpusImage]) -> list[CorpusImage]:
+    """30 photos spread over the manifest (one per group, so no two are copies of each other)."""
+    first_of_group: dict[str, CorpusImage] = {}
+    for image in corpus:
+        first_of_group.setdefault(image.group_id, image)
+    distinct = list(first_of_group.values())
+    step = max(1, len(distinct) // 30)
+    return distinct[::step][:30]
+
+
+def record_id(image: CorpusImage) -> str:
+    return image.path.stem
+
+
+@pytest.fixture(scope="module")
+def console(corpus: list[CorpusImage], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    chromium = os.environ.get("MATCHDB_TEST_CHROMIUM")
+    if not chromium:
+        pytest.skip("MATCHDB_TEST_CHROMIUM is not set (point it at a Chromium binary to run this test)")
+    database = tmp_path_factory.mktemp("console") / "db.sqlite3"
+    env = {"MATCHDB_DATABASE_URL": f"sqlite:///{database}", "MATCHDB_BOOTSTRAP_TOKEN": TOKEN}
+    photos = thirty_photos(corpus)
+    with run_matchdb_server(env) as url:
+        made = run_matchdb(["token", "create", "--read-only", "-q"], env)
+        assert made.returncode == 0, made.stderr
+        headers = {"Authorization": f"Token {TOKEN}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+            assert client.post("/v2/collections", json={"name": COLLECTION}).status_code == 200
+            records = [
+                {"_id": record_id(p), "_base64": base64.b64encode(p.path.read_bytes()).decode(), "group": p.group_id}
+                for p in photos
+            ]
+            inserted = client.post("/v2/insert", json={"records": records}, headers={"collection-id": COLLECTION})
+            assert inserted.json()["status"]["code"] == 200, inserted.text
+        with playwright_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium)
+            try:
+                yield Console(url, made.stdout.strip(), photos, browser)
+            finally:
+                browser.close()
+
+
+@pytest.fixture
+def errors(console: Console) -> Iterator[list[str]]:
+    console.errors.clear()
+    yield console.errors
+    assert console.errors == [], "JavaScript errors in the console"
+
+
+def edited_copy(image: CorpusImage) -> bytes:
+    """Half size, JPEG quality 45."""
+    with Image.open(image.path) as original:
+        rgb = original.convert("RGB")
+        small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=45)
+    return out.getvalue()
+
+
+def test_dropping_an_edited_copy_finds_the_stored_photo_with_its_thumbnail(console: Console, errors: list[str]) -> None:
+    target = console.photos[7]
+    page = console.page()
+    console.sign_in(page, TOKEN)
+    page.click(f"table.list a:text-is('{COLLECTION}')")
+    page.wait_for_selector("#records figure")
+    assert page.locator("#records figure").count() == 24  # the first page of the 30
+    page.click("text=Search this collection by image")
+    page.wait_for_selector("#search-files")
+    assert page.eval_on_selector("#search-collection", "e => e.selectedOptions[0].textContent") == f"{COLLECTION} (30)"
+    copy = {"name": "edited-copy.jpg", "mimeType": "image/jpeg", "buffer": edited_copy(target)}
+    page.set_input_files("#search-files", files=[copy])
+    answer = f".answer[data-id='{record_id(target)}']"
+    page.wait_for_selector(answer)
+    page.wait_for_function(
+        "selector => { const img = document.querySelector(selector + ' img'); "
+        "return img && img.complete && img.naturalWidth > 0; }",
+        arg=answer,
+    )
+    assert page.locator(".answer").first.get_attribute("data-id") == record_id(target)  # best first
+    assert "near-duplicate" in page.locator(answer).inner_text()
+    assert page.locator(".query-image img").evaluate("img => img.naturalWidth") > 0
+    assert page.eval_on_selector(answer + " img", "img => img.src").startswith("blob:")
+    assert page.evaluate("() => location.href").endswith("#search")
+    assert TOKEN not in page.evaluate("() => location.href + document.cookie")
+    page.close()
+
+
+def test_several_dropped_images_run_in_turn_with_a_progress_bar(console: Console, errors: list[str]) -> None:
+    page = console.page()
+    console.sign_in(page, TOKEN)
+    page.goto(console.url + "/#search")
+    page.wait_for_selector("#search-files")
+    copies = [
+        {"name": f"copy-{i}.jpg", "mimeType": "image/jpeg", "buffer": edited_copy(console.photos[i])} for i in (1, 2, 3)
+    ]
+    # a real drop event, carrying the files in its DataTransfer
+    page.evaluate(
+        """files => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                transfer.items.add(new File([new Uint8Array(f.bytes)], f.name, {type: "image/jpeg"}));
+            }
+            const drop = new DragEvent("drop", {dataTransfer: transfer, bubbles: true});
+            document.querySelector(".drop").dispatchEvent(drop);
+        }""",
+        [{"name": c["name"], "bytes": list(c["buffer"])} for c in copies],
+    )
+    page.wait_for_function("() => document.querySelector('#progress-text').textContent === '3 images searched.'")
+    assert page.eval_on_selector("#progress", "p => [p.value, p.max, p.hidden]") == [3, 3, False]
+    firsts = page.eval_on_selector_all("section.query", "s => s.map(q => q.querySelector('.answer').dataset.id)")
+    assert firsts == [record_id(console.photos[i]) for i in (1, 2, 3)]
+    page.close()
+
+
+def test_create_and_delete_a_collection(console: Console, errors: list[str]) -> None:
+    page = console.page()
+    console.sign_in(page, TOKEN)
+    page.fill("#new-collection", "scratch-shoes")
+    page.click("#create-form button[type=submit]")
+    row = "tr[data-name='scratch-shoes']"
+    page.wait_for_selector(row)
+    page.click(f"{row} button.danger")
+    assert page.locator("#confirm").is_visible()
+    assert "scratch-shoes" in page.inner_text("#confirm-text")
+    page.click("#confirm button[value=cancel]")  # cancelling keeps it
+    assert page.locator(row).count() == 1
+    page.click(f"{row} button.danger")
+    page.click("#confirm-ok")
+    page.wait_for_selector(row, state="detached")
+    listed = httpx.get(console.url + "/v2/collections", headers={"Authorization": f"Token {TOKEN}"}).json()
+    assert [c["name"] for c in listed["collections"]] == [COLLECTION]
+    page.close()
+
+
+def test_a_read_only_token_sees_no_write_buttons(console: Console, errors: list[str]) -> None:
+    page = console.page()
+    console.sign_in(page, console.reader)
+    assert "read-only" in page.inner_text("#who")
+    assert page.locator("#create-form").count() == 0
+    assert page.locator("main button").count() == 0
+    page.click(f"table.list a:text-is('{COLLECTION}')")
+    page.wait_for_selector("#records figure img.thumb:not(.pending)")
+    assert page.locator("#records button").count() == 0
+    assert page.locator("#records figure").count() == 24
+    page.close()
+
+
+def test_a_wrong_token_is_refused_in_words(console: Console) -> None:
+    page = console.page()
+    page.goto(console.url + "/")
+    page.fill("#token", "not-a-token")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == "Invalid or revoked API token"
+    # the browser logs the refused request itself (a 401): that one console message is expected, nothing else
+    assert all("401" in e for e in console.errors), console.errors
+    console.errors.clear()
+    page.close()
+
+
+def test_readable_at_phone_width(console: Console, errors: list[str]) -> None:
+    page = console.page(width=390, height=844)
+    console.sign_in(page, TOKEN)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    page.close()
