@@ -5,8 +5,6 @@ Every page's ``pageerror`` events and console errors are collected, and each tes
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,17 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 from tests.conftest import CorpusImage
-from tests.servers import run_matchdb, run_matchdb_server
+from tests.console_setup import COLLECTION, TOKEN, edited_copy, photo_server, record_id
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [pytest.mark.chromium, pytest.mark.corpus]
-
-TOKEN = "console-test-token-0123456789abcdef"
-COLLECTION = "photos"
 
 
 @dataclass
@@ -54,46 +48,18 @@ class Console:
         page.wait_for_selector("table.list")
 
 
-def thirty_photos(corpus: list[CorpusImage]) -> list[CorpusImage]:
-    """30 photos spread over the manifest (one per group, so no two are copies of each other)."""
-    first_of_group: dict[str, CorpusImage] = {}
-    for image in corpus:
-        first_of_group.setdefault(image.group_id, image)
-    distinct = list(first_of_group.values())
-    step = max(1, len(distinct) // 30)
-    return distinct[::step][:30]
-
-
-def record_id(image: CorpusImage) -> str:
-    return image.path.stem
-
-
 @pytest.fixture(scope="module")
 def console(corpus: list[CorpusImage], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     chromium = os.environ.get("MATCHDB_TEST_CHROMIUM")
     if not chromium:
         pytest.skip("MATCHDB_TEST_CHROMIUM is not set (point it at a Chromium binary to run this test)")
-    database = tmp_path_factory.mktemp("console") / "db.sqlite3"
-    env = {"MATCHDB_DATABASE_URL": f"sqlite:///{database}", "MATCHDB_BOOTSTRAP_TOKEN": TOKEN}
-    photos = thirty_photos(corpus)
-    with run_matchdb_server(env) as url:
-        made = run_matchdb(["token", "create", "--read-only", "-q"], env)
-        assert made.returncode == 0, made.stderr
-        headers = {"Authorization": f"Token {TOKEN}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
-            assert client.post("/v2/collections", json={"name": COLLECTION}).status_code == 200
-            records = [
-                {"_id": record_id(p), "_base64": base64.b64encode(p.path.read_bytes()).decode(), "group": p.group_id}
-                for p in photos
-            ]
-            inserted = client.post("/v2/insert", json={"records": records}, headers={"collection-id": COLLECTION})
-            assert inserted.json()["status"]["code"] == 200, inserted.text
-        with playwright_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium)
-            try:
-                yield Console(url, made.stdout.strip(), photos, browser)
-            finally:
-                browser.close()
+    folder = tmp_path_factory.mktemp("console")
+    with photo_server(corpus, folder) as server, playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        try:
+            yield Console(server.url, server.reader, server.photos, browser)
+        finally:
+            browser.close()
 
 
 @pytest.fixture
@@ -101,16 +67,6 @@ def errors(console: Console) -> Iterator[list[str]]:
     console.errors.clear()
     yield console.errors
     assert console.errors == [], "JavaScript errors in the console"
-
-
-def edited_copy(image: CorpusImage) -> bytes:
-    """Half size, JPEG quality 45."""
-    with Image.open(image.path) as original:
-        rgb = original.convert("RGB")
-        small = rgb.resize((max(1, rgb.width // 2), max(1, rgb.height // 2)), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    small.save(out, "JPEG", quality=45)
-    return out.getvalue()
 
 
 def test_dropping_an_edited_copy_finds_the_stored_photo_with_its_thumbnail(console: Console, errors: list[str]) -> None:

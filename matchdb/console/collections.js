@@ -107,8 +107,8 @@ export async function collectionView(main, state, id, page = 1, filterText = "")
     h("span", {}, `Page ${page} of ${pages} · ${data.answer_count.toLocaleString("en")} records`),
     h("button", { type: "button", disabled: !data.next, onclick: () => collectionView(main, state, id, page + 1, filterText) }, "Next"));
   grid.replaceChildren(...data.answer_records.map((record) => recordCard(id, record, state.access.read_only ? null :
-    h("button", { type: "button", class: "danger small", "aria-label": `Delete record ${record._id}`,
-      onclick: () => deleteRecord(main, state, id, record._id, page, filterText) }, "Delete"))));
+    h("div", { class: "actions" }, h("button", { type: "button", class: "danger small", "aria-label": `Delete record ${record._id}`,
+      onclick: () => deleteRecord(main, state, id, record._id, page, filterText) }, "Delete")))));
   if (!data.answer_records.length) grid.append(h("p", {}, filter ? "No record matches this filter." : "This collection is empty."));
 }
 

@@ -13,7 +13,7 @@ function bit(text, i) {
 
 function diffPicture(kind, a, b) {
   const side = GRID[kind];
-  const cell = kind === "bmh1" ? 6 : 20;
+  const cell = kind === "bmh1" ? 8 : 31; // both pictures 248 px wide
   const canvas = h("canvas", { width: side * cell, height: side * cell, class: "bits" });
   const context = canvas.getContext("2d");
   let differ = 0;
@@ -21,7 +21,7 @@ function diffPicture(kind, a, b) {
     const x = bit(a, i);
     const y = bit(b, i);
     if (x !== y) differ += 1;
-    context.fillStyle = x !== y ? "#c62828" : x ? "#555" : "#ddd";
+    context.fillStyle = x !== y ? "#d50000" : x ? "#8a8f98" : "#e3e6ea";
     context.fillRect((i % side) * cell, Math.floor(i / side) * cell, cell - 1, cell - 1);
   }
   const percent = (100 * differ) / NBITS[kind];
@@ -51,12 +51,13 @@ async function compare(files, out) {
   if (!data) return out.replaceChildren();
   const failed = data.records.find((r) => r._status.code !== 200);
   if (failed) return out.replaceChildren(h("p", { class: "error-inline" }, failed._status.text));
-  out.replaceChildren(...["bmh1", "phash"].map((kind) => {
+  out.replaceChildren(h("p", { class: "hint" }, "Each square is one bit of the hash (grey: 1, light: 0 in both images); red: the bit differs."),
+    h("div", { class: "bitmaps" }, ...["bmh1", "phash"].map((kind) => {
     const { canvas, differ, percent } = diffPicture(kind, data.records[0][kind], data.records[1][kind]);
     const verdict = percent <= NEAR[kind] ? "near-duplicates" : "different images";
     return h("figure", { class: "card wide" }, canvas, h("figcaption", {}, h("strong", {}, kind),
       `: ${differ} of ${NBITS[kind]} bits differ · ${percent.toFixed(1)}% · ${verdict} (threshold ${NEAR[kind]}%)`));
-  }));
+  })));
 }
 
 export function dedupeView(main, state) {
