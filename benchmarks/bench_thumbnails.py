@@ -7,16 +7,17 @@
 Two measurements on the corpus photos (``photos/``, and ``large/`` for the CPU one):
 
 - CPU per image, in this process, one thread: ``hash_image`` (decode + bmh1 + phash) without and with
-  ``thumbnail=True`` (the WebP made from the same decoded pixels), each image timed with the thread's CPU clock
+  ``thumbnail=True`` (the JPEG made from the same decoded pixels), each image timed with the thread's CPU clock
   (``time.thread_time``: on a shared machine, the time others take the core away is left out), both modes in turn
   per image and ``--repeats`` times; the median per image and the sum.
 - Insert over HTTP: a real ``matchdb serve`` (one worker, a fresh SQLite file, or with ``--postgres`` a fresh
   database on the server of MATCHDB_TEST_DATABASE_URL) with ``MATCHDB_THUMBNAILS=1`` and ``=0`` in turn, ``--rounds``
   times (modes alternating, so machine noise falls on both); every photo inserted once as ``_base64`` in requests
-  of ``--batch`` records, ``--concurrency`` requests in flight. Records/s per run; then the bytes: the thumbnails'
-  own bytes per record (mean, p50, p95 of the WebP sizes) and what the database grew by per record with them
-  compared with without (SQLite: file size after a WAL checkpoint; Postgres: ``pg_total_relation_size`` of the
-  ``thumbnails`` table, TOAST and index included).
+  of ``--batch`` records, ``--concurrency`` requests in flight. Records/s per run, and the server's CPU seconds
+  per record (user + system, of its whole process group, from /proc: unlike records/s, not inflated when other
+  processes take the cores); then the bytes: the thumbnails' own bytes per record (mean, p50, p95 of the JPEG
+  sizes) and what the database grew by per record with them compared with without (SQLite: file size after a WAL
+  checkpoint; Postgres: ``pg_total_relation_size`` of the ``thumbnails`` table, TOAST and index included).
 """
 
 from __future__ import annotations
@@ -92,6 +93,23 @@ def database(postgres: bool, folder: Path, name: str) -> Iterator[tuple[str, Pat
         drop()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU seconds used so far by every process of a process group (the server and its workers).
+    On a shared machine this is the cost that waiting for a core does not inflate."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # fields after the command: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 def stored_bytes(url: str, path: Path | None) -> dict[str, Any]:
     engine = make_engine(url)
     try:
@@ -138,11 +156,18 @@ def insert_run(images: list[bytes], on: bool, args: argparse.Namespace, folder: 
                     if answer.status_code != 200 or answer.json()["status"]["code"] != 200:
                         raise RuntimeError(answer.text[:300])
 
-                started = time.perf_counter()
+                group = server.process.pid  # the server runs in its own process group
+                cpu_before, started = group_cpu_seconds(group), time.perf_counter()
                 with ThreadPoolExecutor(args.concurrency) as pool:
                     list(pool.map(send, bodies))
                 seconds = time.perf_counter() - started
-        return {"thumbnails": on, "records_per_s": len(images) / seconds, **stored_bytes(url, path)}
+                cpu = group_cpu_seconds(group) - cpu_before
+        return {
+            "thumbnails": on,
+            "records_per_s": len(images) / seconds,
+            "server_cpu_ms_per_record": 1000 * cpu / len(images),
+            **stored_bytes(url, path),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     grew = statistics.median(r["on_disk_bytes"] for r in runs if r["thumbnails"]) - statistics.median(
         r["on_disk_bytes"] for r in runs if not r["thumbnails"]
     )
+    cpu_with = statistics.median(r["server_cpu_ms_per_record"] for r in runs if r["thumbnails"])
+    cpu_without = statistics.median(r["server_cpu_ms_per_record"] for r in runs if not r["thumbnails"])
     result["summary"] = {
+        "server_cpu_ms_per_record_with": cpu_with,
+        "server_cpu_ms_per_record_without": cpu_without,
         "records": len(photos),
         "records_per_s_with": with_rate,
         "records_per_s_without": without_rate,

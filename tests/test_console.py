@@ -124,6 +124,25 @@ def test_several_dropped_images_run_in_turn_with_a_progress_bar(console: Console
     page.close()
 
 
+def test_a_pasted_image_is_searched(console: Console, errors: list[str]) -> None:
+    target = console.photos[12]
+    page = console.page()
+    console.sign_in(page, TOKEN)
+    page.goto(console.url + "/#search")
+    page.wait_for_selector("#search-files")
+    page.evaluate(
+        """bytes => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "pasted.jpg", {type: "image/jpeg"}));
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true}));
+        }""",
+        list(edited_copy(target)),
+    )
+    page.wait_for_selector(".answer")
+    assert page.locator(".answer").first.get_attribute("data-id") == record_id(target)
+    page.close()
+
+
 def test_create_and_delete_a_collection(console: Console, errors: list[str]) -> None:
     page = console.page()
     console.sign_in(page, TOKEN)
@@ -174,4 +193,33 @@ def test_readable_at_phone_width(console: Console, errors: list[str]) -> None:
     page = console.page(width=390, height=844)
     console.sign_in(page, TOKEN)
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    page.close()
+
+
+UNLABELLED = """() => [...document.querySelectorAll("main input, main select, main button, main textarea")]
+    .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label") && !e.textContent.trim())
+    .map((e) => e.outerHTML)"""
+
+
+def test_every_field_is_labelled_and_reachable_by_keyboard(console: Console, errors: list[str]) -> None:
+    page = console.page()
+    console.sign_in(page, TOKEN)
+    collection_id = page.get_attribute(f"table.list a:text-is('{COLLECTION}')", "href")
+    for view, ready in [
+        ("#collections", "#new-collection"),
+        (str(collection_id), "#filter"),
+        ("#search", "#search-files"),
+        ("#compare", "#compare-1"),
+        ("#dedupe", "#dedupe-files"),
+    ]:
+        page.goto(console.url + "/" + view)
+        page.wait_for_selector(ready)
+        assert page.evaluate(UNLABELLED) == [], view
+        # Tab from the top of the page reaches the view's main field
+        page.evaluate("() => document.activeElement && document.activeElement.blur()")
+        reached = []
+        for _ in range(15):
+            page.keyboard.press("Tab")
+            reached.append(page.evaluate("() => document.activeElement.id"))
+        assert ready.removeprefix("#") in reached, (view, reached)
     page.close()

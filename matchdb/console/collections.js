@@ -7,7 +7,11 @@ const PAGE_SIZE = 24;
 
 export async function listView(main, state) {
   const data = await guarded(() => call("collections", {}, { method: "GET" }));
-  state.collections = data ? data.collections : [];
+  if (!data) {
+    main.replaceChildren(h("h1", {}, "Collections")); // the error above says why there is no list
+    return;
+  }
+  state.collections = data.collections;
   const rows = state.collections.map((c) =>
     h("tr", { dataset: { name: c.name } },
       h("td", {}, h("a", { href: `#collection/${encodeURIComponent(c.id)}` }, c.name)),

@@ -14,7 +14,7 @@ import numpy as np
 from matchdb.hashing.algorithms import BMH1_SIZE, PHASH_SIZE, bmh1, phash
 from matchdb.hashing.decode import DEFAULT_MAX_PIXELS, Pixels, decode_image
 from matchdb.hashing.resize import grey_image
-from matchdb.hashing.thumbnail import webp_thumbnail
+from matchdb.hashing.thumbnail import thumbnail_bytes
 from matchdb.hashing.value import ALGORITHM_VERSION, HASH_TYPES, NBITS, VisualHash, percent
 
 __all__ = [
@@ -62,7 +62,7 @@ def hash_image(
     """Decode image bytes and hash them (and make the stored thumbnail from the same pixels, if ``thumbnail``);
     raises :class:`matchdb.errors.ImageError` for bad images."""
     pixels = decode_image(data, max_pixels)
-    picture = webp_thumbnail(pixels) if thumbnail else None
+    picture = thumbnail_bytes(pixels) if thumbnail else None
     return HashedImage(pixels.width, pixels.height, hash_pixels(pixels, kinds), picture)
 
 

@@ -1,9 +1,10 @@
 """A record's stored thumbnail, made from the pixels already decoded for hashing (no second decode).
 
-WebP at most 160 px on the long side: 2-3 KB for a photo, and every current browser shows it. Pillow shrinks in
-two steps (a box reduce by a whole factor, then an antialiased bilinear resize: ``reducing_gap``), which costs about
-as much as hashing a 640 x 480 photo and a small part of hashing a large one (docs/benchmarks.md, Thumbnails).
-WebP's ``method`` 2 encodes faster than its default 4 for about the same size at this scale.
+JPEG at quality 75, at most 160 px on the long side: about 3 KB for a photo. Pillow shrinks in two steps, a box
+reduce by a whole factor (an area average) and then an antialiased bilinear resize for the rest
+(``reducing_gap=1``), the cheapest of its resizes at the same quality here. WebP would be a third smaller but took
+four times as long to encode (0.9 against 0.2 ms a picture), and on insert CPU is the scarcer resource: the
+measurements are in docs/benchmarks.md (Thumbnails).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from matchdb.hashing.decode import Pixels
 
 SIZE = 160
 QUALITY = 75
-METHOD = 2
+MEDIA_TYPE = "image/jpeg"
 
 # EXIF orientation -> the transpose that shows the image upright (as the hashes see it).
 _UPRIGHT = {
@@ -30,8 +31,8 @@ _UPRIGHT = {
 }
 
 
-def webp_thumbnail(pixels: Pixels, size: int = SIZE, quality: int = QUALITY) -> bytes:
-    """The upright image shrunk to fit ``size`` x ``size``, as WebP bytes."""
+def thumbnail_bytes(pixels: Pixels, size: int = SIZE, quality: int = QUALITY) -> bytes:
+    """The upright image shrunk to fit ``size`` x ``size``, as JPEG bytes (:data:`MEDIA_TYPE`)."""
     buffer = pixels.buffer
     if buffer.ndim == 3 and buffer.shape[2] == 4:
         # Pillow's layout: the fourth byte is alpha or padding, which the hashes ignore too. Read as RGBX (no
@@ -40,9 +41,9 @@ def webp_thumbnail(pixels: Pixels, size: int = SIZE, quality: int = QUALITY) -> 
         image = Image.frombuffer("RGB", (cols, rows), buffer, "raw", "RGBX", 0, 1)
     else:
         image = Image.fromarray(buffer)  # grey (L) or RGB
-    image.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    image.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=1.0)
     if pixels.orientation in _UPRIGHT:
         image = image.transpose(_UPRIGHT[pixels.orientation])
     out = io.BytesIO()
-    image.save(out, "WEBP", quality=quality, method=METHOD)
+    image.save(out, "JPEG", quality=quality)
     return out.getvalue()

@@ -134,7 +134,7 @@ servers = Table(
     Column("records", BigInteger, nullable=False),
 )
 
-# One small picture per record (longest side 160 px, WebP), for the console: records inserted with ``_base64`` have
+# One small picture per record (longest side 160 px, JPEG), for the console: records inserted with ``_base64`` have
 # no other image to show. Its own table, so index loads and searches, which read ``records``, never touch it.
 thumbnails = Table(
     "thumbnails",

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
+from matchdb.hashing.thumbnail import MEDIA_TYPE
 from matchdb.storage.schema import records, thumbnails
 
-MEDIA_TYPE = "image/webp"
 _CHUNK = 500
 
 
