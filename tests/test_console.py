@@ -5,6 +5,7 @@ Every page's ``pageerror`` events and console errors are collected, and each tes
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,10 +16,15 @@ import pytest
 
 from tests.conftest import CorpusImage
 from tests.console_setup import COLLECTION, TOKEN, edited_copy, photo_server, record_id
+from tests.servers import image_server, run_matchdb_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = [pytest.mark.chromium, pytest.mark.corpus]
+
+
+# the element's image has arrived and decoded
+LOADED = "selector => { const img = document.querySelector(selector + ' img'); return img && img.naturalWidth > 0; }"
 
 
 @dataclass
@@ -83,11 +89,7 @@ def test_dropping_an_edited_copy_finds_the_stored_photo_with_its_thumbnail(conso
     page.set_input_files("#search-files", files=[copy])
     answer = f".answer[data-id='{record_id(target)}']"
     page.wait_for_selector(answer)
-    page.wait_for_function(
-        "selector => { const img = document.querySelector(selector + ' img'); "
-        "return img && img.complete && img.naturalWidth > 0; }",
-        arg=answer,
-    )
+    page.wait_for_function(LOADED, arg=answer)
     assert page.locator(".answer").first.get_attribute("data-id") == record_id(target)  # best first
     assert "near-duplicate" in page.locator(answer).inner_text()
     assert page.locator(".query-image img").evaluate("img => img.naturalWidth") > 0
@@ -223,3 +225,35 @@ def test_every_field_is_labelled_and_reachable_by_keyboard(console: Console, err
             reached.append(page.evaluate("() => document.activeElement.id"))
         assert ready.removeprefix("#") in reached, (view, reached)
     page.close()
+
+
+def test_open_mode_without_thumbnails_shows_url_images_and_placeholders(
+    console: Console, errors: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second server, in open mode (no token: no sign-in box) with MATCHDB_THUMBNAILS=0: a record inserted by
+    ``_url`` shows the image at its URL, one inserted as ``_base64`` a placeholder, and no request fails."""
+    photo = console.photos[5]
+    with image_server({"/photo.jpg": photo.path.read_bytes()}) as images:
+        folder = tmp_path_factory.mktemp("open")
+        env = {
+            "MATCHDB_DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+            "MATCHDB_THUMBNAILS": "0",
+            "MATCHDB_FETCH_ALLOW": images.allow,
+        }
+        with run_matchdb_server(env) as url:
+            assert httpx.post(url + "/v2/collections", json={"name": "plain"}).status_code == 200
+            records = [
+                {"_id": "by-url", "_url": images.url("/photo.jpg")},
+                {"_id": "by-base64", "_base64": base64.b64encode(photo.path.read_bytes()).decode()},
+            ]
+            inserted = httpx.post(url + "/v2/insert", json={"records": records}, headers={"collection-id": "plain"})
+            assert inserted.json()["status"]["code"] == 200, inserted.text
+            page = console.page()
+            page.goto(url + "/")
+            page.wait_for_selector("table.list")  # no sign-in in open mode
+            assert "open mode" in page.inner_text("#who")
+            page.click("table.list a:text-is('plain')")
+            page.wait_for_function(LOADED, arg="figure[data-id='by-url']")
+            assert page.get_attribute("figure[data-id='by-url'] img", "src") == images.url("/photo.jpg")
+            page.wait_for_selector("figure[data-id='by-base64'] img.missing")
+            page.close()

@@ -61,7 +61,7 @@ export function thumbnail(collection, id) {
   if (!thumbnails.has(key)) {
     const url = `/v2/thumbnail?_id=${encodeURIComponent(id)}`;
     const promise = fetch(url, { headers: headers(collection) })
-      .then((response) => (response.ok ? response.blob() : null))
+      .then((response) => (response.status === 200 ? response.blob() : null)) // 204: stored without one
       .then((blob) => (blob ? URL.createObjectURL(blob) : null))
       .catch(() => null);
     thumbnails.set(key, promise);

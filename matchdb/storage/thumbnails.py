@@ -7,6 +7,7 @@ on the search or index-load path reads this table.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
@@ -28,11 +29,22 @@ def replace_thumbnails(connection: Connection, pictures: Sequence[tuple[int, byt
         connection.execute(insert(thumbnails), rows)
 
 
-def get_thumbnail(connection: Connection, collection_id: str, ext_id: str) -> tuple[str, bytes] | None:
-    """(media type, bytes) of the record's thumbnail, or None (no such record, or stored without one)."""
+@dataclass(frozen=True)
+class Lookup:
+    """A record's thumbnail as found: whether the record exists, and its picture if it has one."""
+
+    record_exists: bool
+    media_type: str = ""
+    data: bytes | None = None
+
+
+def get_thumbnail(connection: Connection, collection_id: str, ext_id: str) -> Lookup:
+    """The record's thumbnail; a record stored with thumbnails off exists without one."""
     row = connection.execute(
-        select(thumbnails.c.media_type, thumbnails.c.data)
-        .join(records, records.c.id == thumbnails.c.record_id)
+        select(records.c.id, thumbnails.c.media_type, thumbnails.c.data)
+        .select_from(records.outerjoin(thumbnails, records.c.id == thumbnails.c.record_id))
         .where(records.c.collection_id == collection_id, records.c.ext_id == ext_id)
     ).first()
-    return None if row is None else (str(row[0]), bytes(row[1]))
+    if row is None:
+        return Lookup(record_exists=False)
+    return Lookup(True) if row[2] is None else Lookup(True, str(row[1]), bytes(row[2]))

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from matchdb.storage.thumbnails import get_thumbnail
+from matchdb.storage.thumbnails import Lookup, get_thumbnail
 from matchdb.web.auth import Principal
 from matchdb.web.collections import collection_of
 from matchdb.web.envelope import ApiError, RequestContext
@@ -21,7 +21,8 @@ from matchdb.web.stateless import api_method
 
 @api_method
 async def thumbnail(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> Response:
-    """GET ``?_id=...`` or POST ``{"_id": ...}``; 404 when the record does not exist or was stored without one."""
+    """GET ``?_id=...`` or POST ``{"_id": ...}``: the picture, 204 (no content) for a record stored without one,
+    404 for no such record."""
     collection = await collection_of(request, principal)
     ext_id = body.get("_id") if request.method == "POST" else request.query_params.get("_id")
     if isinstance(ext_id, (int, float)) and not isinstance(ext_id, bool):
@@ -29,13 +30,14 @@ async def thumbnail(request: Request, context: RequestContext, principal: Princi
     if not isinstance(ext_id, str) or not ext_id:
         raise ApiError(400, "Field '_id' must be a non-empty string")
 
-    def read() -> tuple[str, bytes] | None:
+    def read() -> Lookup:
         with request.app.state.engine.connect() as connection:
             return get_thumbnail(connection, collection.id, ext_id)
 
     found = await run_in_threadpool(read)
-    if found is None:
-        raise ApiError(404, f"No thumbnail for _id {ext_id!r} (no such record, or stored with thumbnails off)")
-    media_type, data = found
+    if not found.record_exists:
+        raise ApiError(404, f"No record with _id {ext_id!r}")
+    if found.data is None:  # stored with thumbnails off: nothing to show, and nothing wrong
+        return Response(status_code=204)
     # private: the bytes belong to one workspace; a short max-age lets a page reuse them while browsing
-    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=60"})
+    return Response(found.data, media_type=found.media_type, headers={"Cache-Control": "private, max-age=60"})
