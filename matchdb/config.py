@@ -71,6 +71,7 @@ class Settings:
     database_timeout: float = 10.0
     write_attempts: int = 3
     drain_timeout: float = 30.0
+    thumbnails: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -114,8 +115,19 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             return int(raw)
         if kind is float:
             return float(raw)
+        if kind is bool:
+            return _boolean(raw)
         if kind == tuple[str, ...]:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         return raw
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

@@ -59,39 +59,44 @@ class Hashes:
     height: int
     bmh1: bytes
     phash: bytes
+    thumbnail: bytes | None = None
 
 
-def hash_bytes(data: bytes, checksum: str, max_pixels: int) -> Hashes:
-    image = hash_image(data, HASH_TYPES, max_pixels)
-    return Hashes(checksum, image.width, image.height, image.hashes["bmh1"].data, image.hashes["phash"].data)
+def hash_bytes(data: bytes, checksum: str, max_pixels: int, thumbnail: bool = False) -> Hashes:
+    image = hash_image(data, HASH_TYPES, max_pixels, thumbnail)
+    bmh1, phash = image.hashes["bmh1"].data, image.hashes["phash"].data
+    return Hashes(checksum, image.width, image.height, bmh1, phash, image.thumbnail)
 
 
-def hash_file(path: str, known_checksum: str | None, max_pixels: int) -> Hashes | str:
+def hash_file(path: str, known_checksum: str | None, max_pixels: int, thumbnail: bool = False) -> Hashes | str:
     """Read and checksum a file; hash it only if the checksum differs from ``known_checksum`` (else return the
     checksum alone), so rerunning an ingest over unchanged files never decodes an image."""
     data = Path(path).read_bytes()
     checksum = hashlib.sha256(data).hexdigest()
     if checksum == known_checksum:
         return checksum
-    return hash_bytes(data, checksum, max_pixels)
+    return hash_bytes(data, checksum, max_pixels, thumbnail)
 
 
-def file_outcome(item: Item, stored: StoredRecord | None, max_pixels: int) -> _Outcome:
+def file_outcome(item: Item, stored: StoredRecord | None, max_pixels: int, thumbnail: bool = False) -> _Outcome:
     """What ingesting a file item amounts to (new, updated, unchanged, failed), with the record to write: the
     per-item work of every ingest, run in a worker process of the local pool or on a cluster worker."""
     assert item.path is not None
     try:
-        return _compare(item, stored, hash_file(str(item.path), stored.checksum if stored else None, max_pixels))
+        known = stored.checksum if stored else None
+        return _compare(item, stored, hash_file(str(item.path), known, max_pixels, thumbnail))
     except Exception as exc:
         return _failed(item, exc)
 
 
-def bytes_outcome(item: Item, stored: StoredRecord | None, data: bytes, max_pixels: int) -> _Outcome:
+def bytes_outcome(
+    item: Item, stored: StoredRecord | None, data: bytes, max_pixels: int, thumbnail: bool = False
+) -> _Outcome:
     """:func:`file_outcome` for downloaded bytes: hashed only if their checksum differs from the stored one."""
     checksum = hashlib.sha256(data).hexdigest()
     try:
         unchanged = stored is not None and stored.checksum == checksum
-        return _compare(item, stored, checksum if unchanged else hash_bytes(data, checksum, max_pixels))
+        return _compare(item, stored, checksum if unchanged else hash_bytes(data, checksum, max_pixels, thumbnail))
     except Exception as exc:
         return _failed(item, exc)
 
@@ -200,6 +205,7 @@ class _Ingest:
         self._pool = pool
         self._fetcher = fetcher
         self._max_pixels = settings.max_pixels
+        self._thumbnails = settings.thumbnails
         self._downloads = asyncio.Semaphore(settings.fetch_concurrency)
         self._batch_size = batch_size
         self._window = window
@@ -281,14 +287,14 @@ class _Ingest:
         if item.error is not None:
             return _failed(item, item.error)
         if item.path is not None:
-            return await self._in_pool(file_outcome, item, stored, self._max_pixels)
+            return await self._in_pool(file_outcome, item, stored, self._max_pixels, self._thumbnails)
         assert item.url is not None
         try:
             async with self._downloads:
                 data = await self._fetcher.fetch(item.url)
         except Exception as exc:
             return _failed(item, exc)
-        return await self._in_pool(bytes_outcome, item, stored, data, self._max_pixels)
+        return await self._in_pool(bytes_outcome, item, stored, data, self._max_pixels, self._thumbnails)
 
     async def _in_pool(self, function: Callable[..., _Outcome], *args: object) -> _Outcome:
         """``function(*args)`` in a worker process, shielded from the item's cancellation (a stopped ingest drops what
@@ -309,7 +315,8 @@ class _Ingest:
 
 def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _Outcome:
     """New, updated or unchanged. A bare checksum means the stored image is the same, so its hashes are reused:
-    changed attributes are written without hashing again."""
+    changed attributes are written without hashing again (and the stored thumbnail is kept)."""
+    reused = isinstance(result, str)
     if isinstance(result, str):
         assert stored is not None
         result = Hashes(result, stored.width, stored.height, stored.bmh1, stored.phash)
@@ -322,6 +329,8 @@ def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _
         checksum=result.checksum,
         bmh1=result.bmh1,
         phash=result.phash,
+        thumbnail=result.thumbnail,
+        keep_thumbnail=reused,
     )
     if stored is None:
         return _Outcome("new", record)
@@ -395,7 +404,7 @@ def ingest_chunk(
         if item.error is not None:
             outcomes[index] = _failed(item, item.error)
         elif item.path is not None:
-            outcomes[index] = file_outcome(item, stored.get(item.ext_id), settings.max_pixels)
+            outcomes[index] = file_outcome(item, stored.get(item.ext_id), settings.max_pixels, settings.thumbnails)
         else:
             downloads.append((index, item))
     if downloads:
@@ -422,7 +431,7 @@ async def _download_outcomes(
                 except Exception as exc:
                     return index, _failed(item, exc)
                 outcome = await asyncio.to_thread(
-                    bytes_outcome, item, stored.get(item.ext_id), data, settings.max_pixels
+                    bytes_outcome, item, stored.get(item.ext_id), data, settings.max_pixels, settings.thumbnails
                 )
                 return index, outcome
 

@@ -29,7 +29,7 @@ from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import fetcher_from_settings, loader_from_settings
 from matchdb.storage.database import make_engine
 from matchdb.storage.transactions import Writer
-from matchdb.web import browse, collections, stateless
+from matchdb.web import browse, collections, console, stateless, thumbnails
 from matchdb.web.auth import Authenticator
 from matchdb.web.envelope import ApiError, error_response, request_context
 from matchdb.web.guard import Guard
@@ -102,12 +102,14 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         Route("/visualRankRecords", collections.visual_rank_records, methods=["POST"]),
         Route("/collections", collections.collections_endpoint, methods=["GET", "POST"]),
         Route("/collections/{collection_id}", collections.collection_delete, methods=["DELETE"]),
+        Route("/thumbnail", thumbnails.thumbnail, methods=["GET", "POST"]),
     ]
     # Every method under /v2/ and under Ximilar's own path, so switching from Ximilar changes only the host.
     routes = [
         Route("/healthz", health, methods=["GET"]),
         Mount("/v2", routes=methods),
         Mount("/image_matching/v2", routes=methods),
+        *console.routes(),
     ]
     return Starlette(
         routes=routes,

@@ -61,7 +61,11 @@ async def ping(request: Request, context: RequestContext, principal: Principal, 
         "ready": sum(state.state == "ready" for state in states),
         "records": sum(state.size for state in states),
     }
-    return context.respond({"_service_info": dict(SERVICE_INFO), "version": __version__, "indexes": indexes})
+    # Who the caller is, so a client (the web console) can tell open mode and a read-only token without trying a write.
+    access = {"workspace": principal.workspace, "read_only": principal.read_only, "open": principal.token_id is None}
+    return context.respond(
+        {"_service_info": dict(SERVICE_INFO), "version": __version__, "indexes": indexes, "access": access}
+    )
 
 
 @api_method
