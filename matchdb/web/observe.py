@@ -83,7 +83,7 @@ class Observer:
             "workspace": state.get("workspace"),
         }
         access_log.info(
-            "%s %s %s %.1f ms", fields["method"], fields["path"], status, seconds * 1000,
+            "%s %s %s %.1f ms", fields["method"], _text_value(fields["path"]), status, seconds * 1000,
             extra={"fields": fields, "request_id": state.get("request_id")},
         )  # fmt: skip
 
@@ -104,11 +104,20 @@ class TextFormatter(logging.Formatter):
         fields: dict[str, Any] = dict(getattr(record, "fields", {}))
         fields = {k: v for k, v in fields.items() if k not in _IN_MESSAGE}
         fields["request_id"] = getattr(record, "request_id", None)
-        extras = " ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items())
+        extras = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
         line = f"{line} {extras}" if extras else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def _text_value(value: Any) -> str:
+    """A field's value in a text line: ``-`` for none, quoted (JSON) when it has spaces or control characters, so
+    a header value can never fake another field or line."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if text and text.isprintable() and " " not in text and '"' not in text else json.dumps(text)
 
 
 class JsonFormatter(logging.Formatter):

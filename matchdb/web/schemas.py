@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from matchdb.web.browse import MAX_RANDOM
+from matchdb.web.collections import MAX_PAGE, MAX_PAGE_SIZE
+
 EXAMPLE_PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAH0lEQVR42mNkYGAQYOAgHrEwCHAwMJCARjWMahg6GgC3uAoWNmq+CwAAAABJRU5Er"
     "kJggg=="
@@ -64,13 +67,27 @@ class RecordStatus(BaseModel):
     request_id: str
 
 
-class RecordOut(_Open):
-    """A record as answered: its attributes, ``_id``, the image's ``_width``/``_height`` and its ``_status``."""
+_ECHOED = "; a record that failed echoes what was sent"
 
-    id: str | None = Field(None, alias="_id")
+
+class RecordOut(_Open):
+    """A record of the request as answered: its attributes, ``_id``, the image's ``_width``/``_height`` and its
+    ``_status`` (OK, or why it failed)."""
+
+    id: Any = Field(None, alias="_id", description="A string" + _ECHOED)
+    width: Any = Field(None, alias="_width", description="Pixels of the decoded image" + _ECHOED)
+    height: Any = Field(None, alias="_height", description="Pixels of the decoded image" + _ECHOED)
+    status: RecordStatus | None = Field(None, alias="_status")
+
+
+class StoredRecordOut(_Open):
+    """A stored record: ``_id``, its attributes, ``_url`` (when it was fetched from one), ``_width``, ``_height``
+    (limited to ``fields_to_return``, ``_id`` always)."""
+
+    id: str = Field(alias="_id")
+    url: str | None = Field(None, alias="_url")
     width: int | None = Field(None, alias="_width")
     height: int | None = Field(None, alias="_height")
-    status: RecordStatus | None = Field(None, alias="_status")
 
 
 # --- the envelope -------------------------------------------------------------------------------------------------
@@ -138,8 +155,8 @@ class GetRequest(RefsRequest):
 
 
 class AllIdsRequest(_Open):
-    page: int | None = Field(None, ge=1, description="1-based (default 1)")
-    page_size: int | None = Field(None, ge=1, le=1000, description="Default 100")
+    page: int | None = Field(None, ge=1, le=MAX_PAGE, description="1-based (default 1)")
+    page_size: int | None = Field(None, ge=1, le=MAX_PAGE_SIZE, description="Default 100")
 
 
 class BrowseRequest(_Open):
@@ -150,7 +167,7 @@ class BrowseRequest(_Open):
 
 
 class RandomRequest(BrowseRequest):
-    count: int | None = Field(None, ge=1, le=1000, description="Default 10")
+    count: int | None = Field(None, ge=1, le=MAX_RANDOM, description="Default 10")
 
 
 class VisualKnnRequest(BrowseRequest):
@@ -209,14 +226,11 @@ class RemoveDuplicatesResponse(Envelope):
     records: list[RemovedRecordOut]
 
 
-class Ranking(Envelope):
+class RankImagesResponse(Envelope):
     query_records: list[RecordOut]
     answer_records: list[RecordOut]
     answer_distances: list[float]
     answer_hamming: list[int]
-
-
-class RankImagesResponse(Ranking):
     skipped_records: list[RecordOut]
 
 
@@ -224,14 +238,18 @@ class KnnResponse(Envelope):
     """One query: the answer fields; several (``records``): each record with its own answer fields."""
 
     query_records: list[RecordOut] | None = None
-    answer_records: list[RecordOut] | None = None
+    answer_records: list[StoredRecordOut] | None = None
     answer_distances: list[float] | None = None
     answer_hamming: list[int] | None = None
     answer_count: int | None = None
     records: list[RecordOut] | None = None
 
 
-class RankRecordsResponse(Ranking):
+class RankRecordsResponse(Envelope):
+    query_records: list[RecordOut]
+    answer_records: list[StoredRecordOut]
+    answer_distances: list[float]
+    answer_hamming: list[int]
     answer_count: int
     skipped_records: list[RecordOut]
 
@@ -243,7 +261,7 @@ class AllIdsResponse(Envelope):
 
 
 class BrowseResponse(Envelope):
-    answer_records: list[RecordOut]
+    answer_records: list[StoredRecordOut]
     answer_count: int
     next: str | None = Field(None, description="URL of the next page (allRecords with size), while there is one")
 

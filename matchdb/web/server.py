@@ -82,7 +82,13 @@ def metrics_folder() -> Iterator[None]:
 def run(host: str, port: int, workers: int, drain_timeout: float = 30.0) -> None:
     """Serve until SIGTERM or SIGINT; with ``workers`` > 1 a supervisor restarts workers that die."""
     config = TcpConfig(
-        APP, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=math.ceil(drain_timeout)
+        APP,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=math.ceil(drain_timeout),
+        access_log=False,  # the app writes its own (matchdb.web.observe), with the request_id
     )
     if workers > 1:
         supervisor: Any = Supervisor  # older uvicorn releases (the pyproject allows >= 0.30) also take the target
