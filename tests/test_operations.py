@@ -14,7 +14,9 @@ The contract fuzzing (schemathesis against a real 2-worker server) is in tests/t
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -26,6 +28,10 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.testclient import TestClient
 
@@ -33,6 +39,8 @@ from matchdb.config import Settings
 from matchdb.storage.database import make_engine, upgrade
 from matchdb.storage.tokens import ensure_token
 from matchdb.web.app import create_app
+from matchdb.web.guard import Guard
+from matchdb.web.observe import JsonFormatter, Observer, labelled
 from matchdb.web.openapi import ALIASES, PREFIX
 from tests.imagegen import encode, photo_like
 from tests.servers import matchdb_server
@@ -246,3 +254,32 @@ def test_docs_page_renders_every_method_in_chromium(tmp_path: Path) -> None:
     shown = set(re.findall(r'data-path="([^"]+)"', result.stdout))
     assert shown == set(document["paths"]), result.stdout[-2000:] + result.stderr[-2000:]
     assert "matchdb" in result.stdout and "Ximilar" in result.stdout
+
+
+def test_a_bug_logs_its_traceback_with_the_request_id_and_an_access_line_with_the_500() -> None:
+    """The observer wraps the guard: it logs the 500 the guard made of the exception, under the same id."""
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("a bug in a handler")
+
+    app = Starlette(
+        routes=[Route("/boom", labelled(boom, "boom"), methods=["POST"])],
+        middleware=[Middleware(Observer), Middleware(Guard, proc_id="test")],
+    )
+    app.state.proc_id = "test"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("matchdb")
+    logger.addHandler(handler)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            answer = client.post("/boom", headers={"X-Request-ID": "bug-report-7"})
+    finally:
+        logger.removeHandler(handler)
+    assert answer.status_code == 500 and answer.json()["status"]["request_id"] == "bug-report-7"
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    error = next(entry for entry in entries if entry["level"] == "ERROR")
+    assert error["request_id"] == "bug-report-7" and "RuntimeError: a bug in a handler" in error["traceback"]
+    access = next(entry for entry in entries if entry["logger"] == "matchdb.access")
+    assert (access["request_id"], access["status"], access["operation"]) == ("bug-report-7", 500, "boom")
