@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,7 @@ from matchdb.web.guard import Guard
 from matchdb.web.observe import JsonFormatter, Observer, labelled
 from matchdb.web.openapi import ALIASES, PREFIX
 from tests.imagegen import encode, photo_like
-from tests.servers import matchdb_server
+from tests.servers import RunningServer, matchdb_server
 
 # Routes that are not API methods, hence not in the document (``include_in_schema=False``, or a mount of an app
 # without routes, such as static files). A new one must be added here on purpose.
@@ -202,7 +203,7 @@ def test_access_log_lines_carry_the_request_id_in_text_and_json(tmp_path: Path) 
     with matchdb_server({}) as server:
         answer = httpx.post(f"{server.url}/v2/visual_hash", json={"records": [{"_base64": _tiny_png()}]})
         request_id = answer.json()["status"]["request_id"]
-        line = next(line for line in server.log().splitlines() if request_id in line)
+        line = _logged(server, request_id)
     assert "matchdb.access POST /v2/visual_hash 200 " in line
     assert f"request_id={request_id}" in line and "records=1" in line and "workspace=default" in line
 
@@ -210,6 +211,8 @@ def test_access_log_lines_carry_the_request_id_in_text_and_json(tmp_path: Path) 
         httpx.post(f"{server.url}/v2/get", json={"records": [{"_id": "x"}]}, headers={"collection-id": "nope"})
         answer = httpx.post(f"{server.url}/v2/ping", headers={"X-Request-ID": "my-trace-1"})
         assert answer.headers["x-request-id"] == "my-trace-1"
+        _logged(server, "my-trace-1")
+        _logged(server, '"operation": "get"')
         entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     access = [entry for entry in entries if entry["logger"] == "matchdb.access"]
     ping = next(entry for entry in access if entry["request_id"] == "my-trace-1")
@@ -217,6 +220,18 @@ def test_access_log_lines_carry_the_request_id_in_text_and_json(tmp_path: Path) 
     assert ping["duration_ms"] > 0 and ping["time"].endswith("Z") and ping["workspace"] == "default"
     get = next(entry for entry in access if entry["operation"] == "get")
     assert (get["status"], get["collection"], get["records"]) == (404, "nope", 1)
+
+
+def _logged(server: RunningServer, text: str, timeout: float = 10.0) -> str:
+    """The server's first log line holding ``text``: the access line is written just after the answer's last
+    byte is sent, so a client can read the answer a moment before the line is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in server.log().splitlines() if text in line]
+        if found or time.monotonic() > deadline:
+            assert found, f"{text!r} not in the log:\n{server.log()[-3000:]}"
+            return found[0]
+        time.sleep(0.05)
 
 
 def test_every_read_of_metrics_sums_both_workers(tmp_path: Path) -> None:
