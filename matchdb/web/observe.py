@@ -52,24 +52,28 @@ class Observer:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the server answers if nothing was sent at all
+        status: int | None = None
 
         async def watch(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                # Counted before the answer leaves, so a client that has its answer finds it counted.
+                metrics.REQUESTS.labels(_operation(scope), str(status)).inc()
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
+            if status is None:  # nothing was sent at all: the server answers 500
+                status = 500
+                metrics.REQUESTS.labels(_operation(scope), str(status)).inc()
             self._report(scope, status, time.perf_counter() - started)
 
     @staticmethod
     def _report(scope: Scope, status: int, seconds: float) -> None:
         state: dict[str, Any] = scope.get("state", {})
-        operation = str(state.get("operation", UNMATCHED))
-        metrics.REQUESTS.labels(operation, str(status)).inc()
+        operation = _operation(scope)
         metrics.LATENCY.labels(operation).observe(seconds)
         collection = _header(scope, b"collection-id")
         fields = {
@@ -86,6 +90,10 @@ class Observer:
             "%s %s %s %.1f ms", fields["method"], _text_value(fields["path"]), status, seconds * 1000,
             extra={"fields": fields, "request_id": state.get("request_id")},
         )  # fmt: skip
+
+
+def _operation(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("operation", UNMATCHED))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
