@@ -72,6 +72,8 @@ class Settings:
     write_attempts: int = 3
     drain_timeout: float = 30.0
     thumbnails: bool = True
+    log_format: str = "text"  # text or json: the access and error log lines (docs/operations.md)
+    metrics: str = "open"  # open, token (GET /metrics needs an API token) or off (no /metrics)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -101,6 +103,10 @@ class Settings:
             raise ConfigError("fetch timeouts must be positive")
         if self.index_wait < 0:
             raise ConfigError("MATCHDB_INDEX_WAIT must not be negative")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("MATCHDB_LOG_FORMAT must be text or json")
+        if self.metrics not in ("open", "token", "off"):
+            raise ConfigError("MATCHDB_METRICS must be open, token or off")
         if self.fetch_max_redirects < 0 or self.hash_threads < 0 or self.fetch_concurrency <= 0:
             raise ConfigError("MATCHDB_FETCH_MAX_REDIRECTS and MATCHDB_HASH_THREADS must not be negative")
 

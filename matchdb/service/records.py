@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from matchdb import metrics
 from matchdb.config import Settings
 from matchdb.errors import ImageError
 from matchdb.fetch import Fetcher, FetchError
@@ -130,13 +131,23 @@ class ImageLoader:
             return LoadedRecord(record, None, RecordFailure(400, "_id must be a string or a number"))
         try:
             source = await self._source_of(raw)
+        except FetchError as exc:
+            metrics.IMAGE_FAILURES.labels("download").inc()
+            metrics.DOWNLOAD_FAILURES.labels(exc.cause).inc()
+            return LoadedRecord(record, None, image_failure(str(exc)))
+        except ImageError as exc:  # no usable _url or _base64
+            metrics.IMAGE_FAILURES.labels("input").inc()
+            return LoadedRecord(record, None, image_failure(str(exc)))
+        try:
             async with self._limit:
                 loop = asyncio.get_running_loop()
                 image, checksum, variants = await loop.run_in_executor(
                     self._executor, self._decode, source, tuple(kinds), dihedral, thumbnail
                 )
-        except (ImageError, FetchError) as exc:
+        except ImageError as exc:
+            metrics.IMAGE_FAILURES.labels("decode").inc()
             return LoadedRecord(record, None, image_failure(str(exc)))
+        metrics.IMAGES_HASHED.labels("base64" if isinstance(source, str) else "url").inc()
         record["_width"], record["_height"] = image.width, image.height
         return LoadedRecord(record, image, checksum=checksum, variants=variants)
 

@@ -34,8 +34,11 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             authenticator: Authenticator = request.app.state.authenticator
             principal = await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+            request.state.workspace = principal.workspace
             settings: Settings = request.app.state.settings
             body = await read_json(request, settings.max_body_bytes) if request.method == "POST" else {}
+            records = body.get("records")
+            request.state.records = len(records) if isinstance(records, list) else None
             return await handler(request, context, principal, body)
         except ApiError as exc:
             return context.respond({}, exc.status, exc.text)
