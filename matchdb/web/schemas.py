@@ -215,10 +215,20 @@ class IndexCounts(BaseModel):
     records: int
 
 
+class Access(BaseModel):
+    """What the caller's token may do (a matchdb extension: the web console hides write buttons from read-only
+    tokens)."""
+
+    workspace: str
+    read_only: bool
+    open: bool = Field(description="True when the server has no token yet (open mode, loopback only)")
+
+
 class PingResponse(Envelope):
     service_info: ServiceInfo = Field(alias="_service_info")
     version: str
     indexes: IndexCounts
+    access: Access
 
 
 class RecordsResponse(Envelope):
