@@ -71,6 +71,9 @@ class Settings:
     database_timeout: float = 10.0
     write_attempts: int = 3
     drain_timeout: float = 30.0
+    thumbnails: bool = True
+    log_format: str = "text"  # text or json: the access and error log lines (docs/operations.md)
+    metrics: str = "open"  # open, token (GET /metrics needs an API token) or off (no /metrics)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -100,6 +103,10 @@ class Settings:
             raise ConfigError("fetch timeouts must be positive")
         if self.index_wait < 0:
             raise ConfigError("MATCHDB_INDEX_WAIT must not be negative")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("MATCHDB_LOG_FORMAT must be text or json")
+        if self.metrics not in ("open", "token", "off"):
+            raise ConfigError("MATCHDB_METRICS must be open, token or off")
         if self.fetch_max_redirects < 0 or self.hash_threads < 0 or self.fetch_concurrency <= 0:
             raise ConfigError("MATCHDB_FETCH_MAX_REDIRECTS and MATCHDB_HASH_THREADS must not be negative")
 
@@ -114,8 +121,19 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             return int(raw)
         if kind is float:
             return float(raw)
+        if kind is bool:
+            return _boolean(raw)
         if kind == tuple[str, ...]:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
         return raw
     except ValueError as exc:
         raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

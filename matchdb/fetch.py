@@ -60,12 +60,14 @@ _RETRY_STATUSES = frozenset({408, 429})
 class FetchError(MatchdbError):
     """A URL could not be downloaded; the message is shown to the API user as is.
 
-    ``attempts`` is how many tries were made (1 for errors that are never retried).
+    ``attempts`` is how many tries were made (1 for errors that are never retried); ``cause`` is a short label
+    for metrics: invalid_url, blocked, http_status, too_large, redirects or unreachable.
     """
 
-    def __init__(self, message: str, attempts: int = 1) -> None:
+    def __init__(self, message: str, attempts: int = 1, cause: str = "unreachable") -> None:
         super().__init__(message)
         self.attempts = attempts
+        self.cause = cause
 
 
 class _Transient(Exception):
@@ -210,14 +212,14 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             try:
                 ip = ipaddress.ip_address(address)
             except ValueError:
-                raise FetchError(f"URL not allowed: {host} resolves to an invalid address") from None
+                raise FetchError(f"URL not allowed: {host} resolves to an invalid address", cause="blocked") from None
             if any(rule.permits(_normalise(ip), port) for rule in self._allow):
                 continue
             reason = refusal_reason(ip)
             if reason is not None:
                 article = "an" if reason[0] in "aeiou" else "a"
                 where = f"is {article}" if literal is not None else f"resolves to {article}"
-                raise FetchError(f"URL not allowed: {host} {where} {reason} address")
+                raise FetchError(f"URL not allowed: {host} {where} {reason} address", cause="blocked")
         return addresses
 
     async def connect_tcp(
@@ -244,7 +246,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        raise FetchError("URL not allowed: unix sockets")
+        raise FetchError("URL not allowed: unix sockets", cause="blocked")
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
@@ -305,11 +307,11 @@ def _check_url(url: httpx.URL | str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
-        raise FetchError(f"invalid URL: '{url}'") from None
+        raise FetchError(f"invalid URL: '{url}'", cause="invalid_url") from None
     if parsed.scheme not in ("http", "https"):
-        raise FetchError("URL scheme must be http or https")
+        raise FetchError("URL scheme must be http or https", cause="invalid_url")
     if not parsed.host:
-        raise FetchError(f"URL has no host: '{url}'")
+        raise FetchError(f"URL has no host: '{url}'", cause="invalid_url")
     return parsed
 
 
@@ -378,20 +380,20 @@ class Fetcher:
                     try:
                         current = _check_url(current.join(location))
                     except httpx.InvalidURL:
-                        raise FetchError(f"invalid redirect from '{original}'") from None
+                        raise FetchError(f"invalid redirect from '{original}'", cause="redirects") from None
                     continue
                 if response.status_code >= 500 or response.status_code in _RETRY_STATUSES:
                     raise _Transient(response.status_code)
                 if not 200 <= response.status_code < 300:
-                    raise FetchError(f"HTTP {response.status_code} from '{original}'")
+                    raise FetchError(f"HTTP {response.status_code} from '{original}'", cause="http_status")
                 return await self._read_body(response)
             finally:
                 await response.aclose()
-        raise FetchError(f"too many redirects (max {self.max_redirects})")
+        raise FetchError(f"too many redirects (max {self.max_redirects})", cause="redirects")
 
     async def _read_body(self, response: httpx.Response) -> bytes:
         """The body, refusing it as soon as it is known to exceed ``max_bytes`` (header first, then as it streams)."""
-        too_large = FetchError(f"image too large: more than {self.max_bytes} bytes")
+        too_large = FetchError(f"image too large: more than {self.max_bytes} bytes", cause="too_large")
         declared = response.headers.get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
             raise too_large

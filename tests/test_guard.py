@@ -234,8 +234,8 @@ def _hdr(collection: str) -> dict[str, str]:
 def _problem(response: httpx.Response) -> str:
     if response.status_code >= 500:
         return f"HTTP {response.status_code}: {response.text[:200]}"
-    if response.url.path == "/healthz":
-        return ""
+    if response.is_success and not response.url.path.startswith(("/v2/", "/image_matching/v2/")):
+        return ""  # the operator's routes (/healthz, /metrics, /docs, /openapi.json) answer in their own formats
     try:
         status = response.json()["status"]
     except (ValueError, KeyError, TypeError):

@@ -8,19 +8,23 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from sqlalchemy.engine import make_url
 
 from matchdb.cli.common import WORKSPACE_HELP, load_settings, open_engine, resolve_collection
 from matchdb.cli.progress import progress
-from matchdb.config import data_dir
+from matchdb.config import Settings, data_dir
 from matchdb.errors import ImageError
 from matchdb.hashing import HASH_TYPES, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.pool import process_pool
 from matchdb.storage import collections as collection_store
 from matchdb.storage.tokens import DEFAULT_WORKSPACE
+
+if TYPE_CHECKING:
+    from matchdb.service.ingest import Summary
 
 # matchdb.service.ingest (httpx, starlette, tqdm) is imported inside the commands that use it, so every other
 # command starts as fast as before.
@@ -98,6 +102,14 @@ def collection_delete(key: str, workspace: str | None, yes: bool) -> None:
     help=f"Where failures go, as JSON lines (only created if something failed). [default: {_REPORT_NAME} beside the "
     "SQLite database, or in the user data folder (`matchdb info`)]",
 )
+@click.option(
+    "--dask-scheduler",
+    "scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Hash and store on a Dask cluster (tcp://HOST:PORT; needs matchdb[dask] and Postgres): its workers read "
+    "the paths (which they must see too) or download the URLs, and write chunks of --batch-size records.",
+)
 def ingest_command(
     paths: tuple[Path, ...],
     key: str,
@@ -106,6 +118,7 @@ def ingest_command(
     jobs: int | None,
     batch_size: int,
     report: Path | None,
+    scheduler: str | None,
 ) -> None:
     """Hash and store the images behind PATHS: folders (searched recursively), image files, or manifests (.csv with
     a header row, .jsonl) whose rows have _url or _file (relative to the manifest), optionally _id, and attributes.
@@ -119,6 +132,11 @@ def ingest_command(
 
     settings = load_settings()
     report = report or _default_report(settings.database_url)
+    if scheduler is not None:
+        if jobs is not None:
+            raise click.UsageError("-j does not apply with --dask-scheduler: the cluster's workers do the hashing")
+        _ingest_on_cluster(scheduler, settings, paths, key, workspace, create, batch_size, report)
+        return
     items = discover(paths)
     workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
     with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
@@ -140,6 +158,53 @@ def ingest_command(
                 on_failure=failures,
                 stop_signals=(signal.SIGINT, signal.SIGTERM),
             )
+    _finish(summary, report)
+
+
+def _ingest_on_cluster(
+    scheduler: str,
+    settings: Settings,
+    paths: tuple[Path, ...],
+    key: str,
+    workspace: str | None,
+    create: bool,
+    batch_size: int,
+    report: Path,
+) -> None:
+    """``ingest --dask-scheduler``: the inputs listed lazily, chunks of ``batch_size`` hashed and written by the
+    cluster's workers (:mod:`matchdb.service.cluster`); the same summary, report and exit status."""
+    from matchdb.service import cluster
+    from matchdb.service.ingest import FailureReport
+    from matchdb.service.inputs import iter_items
+
+    try:
+        cluster.require_postgres(settings.database_url)
+    except cluster.ClusterError as exc:
+        raise click.UsageError(str(exc)) from exc
+    engine = open_engine(settings)
+    info = resolve_collection(engine, workspace, key, create, can_create=True)
+    engine.dispose()
+    with progress(None, "img", "ingest") as bar, FailureReport(report) as failures:
+        try:
+            summary = cluster.run_cluster_ingest(
+                scheduler,
+                settings.database_url,
+                info.id,
+                iter_items([path.absolute() for path in paths]),  # the workers run elsewhere, in another folder
+                chunk_size=batch_size,
+                on_progress=bar.update,
+                on_failure=failures,
+                stop_signals=(signal.SIGINT, signal.SIGTERM),
+            )
+        except cluster.ClusterError as exc:
+            if exc.summary is not None:
+                click.echo(str(exc.summary))
+            raise click.ClickException(str(exc)) from exc
+    _finish(summary, report)
+
+
+def _finish(summary: Summary, report: Path) -> None:
+    """The summary line, and the exit status: 128 + the signal that stopped the run, else 1 if anything failed."""
     click.echo(str(summary))
     if summary.stopped_by is not None:
         sys.exit(128 + summary.stopped_by)

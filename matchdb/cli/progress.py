@@ -27,7 +27,9 @@ class Progress(Protocol):
 class PeriodicLines:
     """tqdm's text without the bar, one line per ``interval`` seconds: readable in logs, where ``\\r`` is not."""
 
-    def __init__(self, total: int, unit: str, desc: str, stream: TextIO, interval: float = LINE_INTERVAL) -> None:
+    def __init__(
+        self, total: int | None, unit: str, desc: str, stream: TextIO, interval: float = LINE_INTERVAL
+    ) -> None:
         self.total, self.unit, self.desc, self.stream, self.interval = total, unit, desc, stream, interval
         self.count = 0
         self.started = self.last = time.monotonic()
@@ -53,8 +55,9 @@ class PeriodicLines:
         return None
 
 
-def progress(total: int, unit: str, desc: str, stream: TextIO | None = None) -> Progress:
-    """A bar on a terminal at least ``MIN_BAR_COLUMNS`` wide, else periodic lines."""
+def progress(total: int | None, unit: str, desc: str, stream: TextIO | None = None) -> Progress:
+    """A bar on a terminal at least ``MIN_BAR_COLUMNS`` wide, else periodic lines; ``total`` None: a count and a
+    rate without an end (a cluster ingest lists its inputs as it goes)."""
     out = sys.stderr if stream is None else stream
     columns = shutil.get_terminal_size(fallback=(0, 0)).columns
     if out.isatty() and columns >= MIN_BAR_COLUMNS:

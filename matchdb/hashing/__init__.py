@@ -14,6 +14,7 @@ import numpy as np
 from matchdb.hashing.algorithms import BMH1_SIZE, PHASH_SIZE, bmh1, phash
 from matchdb.hashing.decode import DEFAULT_MAX_PIXELS, Pixels, decode_image
 from matchdb.hashing.resize import grey_image
+from matchdb.hashing.thumbnail import thumbnail_bytes
 from matchdb.hashing.value import ALGORITHM_VERSION, HASH_TYPES, NBITS, VisualHash, percent
 
 __all__ = [
@@ -34,11 +35,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class HashedImage:
-    """What one image yields: its decoded size and the requested hashes by kind."""
+    """What one image yields: its decoded size, the requested hashes by kind and, when asked, its thumbnail."""
 
     width: int
     height: int
     hashes: dict[str, VisualHash]
+    thumbnail: bytes | None = None
 
 
 def hash_pixels(pixels: Pixels, kinds: Iterable[str] = HASH_TYPES) -> dict[str, VisualHash]:
@@ -54,10 +56,14 @@ def hash_pixels(pixels: Pixels, kinds: Iterable[str] = HASH_TYPES) -> dict[str, 
     return out
 
 
-def hash_image(data: bytes, kinds: Iterable[str] = HASH_TYPES, max_pixels: int = DEFAULT_MAX_PIXELS) -> HashedImage:
-    """Decode image bytes and hash them; raises :class:`matchdb.errors.ImageError` for bad images."""
+def hash_image(
+    data: bytes, kinds: Iterable[str] = HASH_TYPES, max_pixels: int = DEFAULT_MAX_PIXELS, thumbnail: bool = False
+) -> HashedImage:
+    """Decode image bytes and hash them (and make the stored thumbnail from the same pixels, if ``thumbnail``);
+    raises :class:`matchdb.errors.ImageError` for bad images."""
     pixels = decode_image(data, max_pixels)
-    return HashedImage(pixels.width, pixels.height, hash_pixels(pixels, kinds))
+    picture = thumbnail_bytes(pixels) if thumbnail else None
+    return HashedImage(pixels.width, pixels.height, hash_pixels(pixels, kinds), picture)
 
 
 def warm_up() -> None:

@@ -47,6 +47,7 @@ def new_record(item: LoadedRecord) -> store.NewRecord:
         checksum=item.checksum,
         bmh1=item.image.hashes["bmh1"].data,
         phash=item.image.hashes["phash"].data,
+        thumbnail=item.image.thumbnail,
     )
 
 
@@ -76,7 +77,7 @@ class CollectionService:
 
     async def insert(self, collection_id: str, raws: Sequence[object]) -> list[LoadedRecord]:
         """Upsert every record that loads; a repeated ``_id`` in the request fails that record. One transaction."""
-        loaded = await self._loader.load_many(raws, HASH_TYPES, assign_id=True)
+        loaded = await self._loader.load_many(raws, HASH_TYPES, assign_id=True, to_store=True)
         seen: set[str] = set()
         for index, item in enumerate(loaded):
             ext_id = str(item.record.get("_id"))

@@ -11,7 +11,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
+from matchdb import metrics
+from matchdb.hashing import HASH_TYPES
 from matchdb.service.indexes import IndexRegistry
+from matchdb.storage.changes import latest_seq
 from matchdb.storage.servers import beat, forget_server
 from matchdb.storage.transactions import unavailable
 
@@ -26,6 +29,7 @@ class Heartbeat:
         self._interval = interval
         self._started_at = datetime.now(UTC)
         self._stop = threading.Event()
+        self._reported: set[str] = set()  # collections whose index gauges this process has set
         self._thread = threading.Thread(target=self._run, name="matchdb-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -42,7 +46,11 @@ class Heartbeat:
             log.warning("could not remove the heartbeat row of server %s", self._server_id)
 
     def beat_once(self) -> None:
+        with self._engine.connect() as connection:
+            behind = latest_seq(connection) - self._registry.seq if self._registry.seq >= 0 else 0
+        metrics.CHANGELOG_LAG.set(max(behind, 0))
         self._registry.catch_up()
+        self._report_indexes()
         with self._engine.begin() as connection:
             beat(
                 connection,
@@ -54,6 +62,20 @@ class Heartbeat:
                 self._registry.last_rebuild_seconds,
                 self._registry.records,
             )
+
+    def _report_indexes(self) -> None:
+        """Index gauges of this worker; a collection gone since the last beat is reported as empty."""
+        states = self._registry.states()
+        for collection_id in self._reported - states.keys():
+            for kind in HASH_TYPES:
+                metrics.INDEX_RECORDS.labels(collection_id, kind).set(0)
+                metrics.INDEX_MEMORY.labels(collection_id, kind).set(0)
+        for collection_id, state in states.items():
+            for kind, index in state.by_kind.items():
+                ready = state.state == "ready"
+                metrics.INDEX_RECORDS.labels(collection_id, kind).set(len(index) if ready else 0)
+                metrics.INDEX_MEMORY.labels(collection_id, kind).set(getattr(index, "nbytes", 0) if ready else 0)
+        self._reported = set(states)
 
     def _run(self) -> None:
         while True:

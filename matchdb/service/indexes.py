@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from matchdb import metrics
 from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import HammingIndex, NumpyTreeIndex
@@ -126,9 +127,15 @@ class IndexRegistry:
             except DBAPIError:  # e.g. the server restarted: one retry on a fresh connection
                 self.close()
                 applied = self._catch_up(self._watch_connection(), rebuilds)
+        metrics.caught_up()
         if rebuilds:
             threading.Thread(target=self.rebuild, args=(rebuilds,), name="matchdb-rebuild", daemon=True).start()
         return applied
+
+    @property
+    def seq(self) -> int:
+        """The last change-log entry applied (-1 before the first catch-up)."""
+        return self._seq
 
     def _watch_connection(self) -> Connection:
         """A connection kept for catch-up, in autocommit: the idle check is then one round trip (a pooled
@@ -260,6 +267,7 @@ class IndexRegistry:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
                 loaded.state = "ready"
+                metrics.INDEX_LOADS.labels("rebuild" if replaces else "load", "ok").inc()
                 if replaces and self._rebuilding.get(collection_id) is loaded:  # not dropped or superseded
                     del self._rebuilding[collection_id]
                     if collection_id in self._collections:
@@ -269,6 +277,7 @@ class IndexRegistry:
                 log.exception("loading the index of collection %s failed", collection_id)
             else:  # the database is down: the next query loads it again
                 log.warning("loading the index of collection %s failed: %s", collection_id, unavailable(exc))
+            metrics.INDEX_LOADS.labels("rebuild" if replaces else "load", "failed").inc()
             with self._lock:
                 loaded.error, loaded.failure = str(exc), exc
                 loaded.state = "failed"

@@ -6,6 +6,10 @@ The steps are separate functions so each can be tested and reasoned about alone:
 * :func:`run_ingest` looks up what is stored already (by ``_id``), reads files and checksums them in worker
   processes, hashes only images whose checksum changed, downloads URLs in this process (asyncio, bounded), and
   writes in batches, each batch one transaction. A rerun therefore costs one read and one SHA-256 per file.
+* :func:`file_outcome` and :func:`bytes_outcome` are the per-item work (checksum, hash if changed, compare with what
+  is stored), :func:`lookup_stored` and :func:`write_records` the storage side; both the local pipeline and
+  :func:`ingest_chunk` (one chunk of a cluster ingest, run by a Dask worker: :mod:`matchdb.service.cluster`) are
+  built from them, so the two behave the same.
 * :class:`Summary` and :class:`FailureReport` are what the CLI shows and writes.
 
 Worker processes get file paths, not bytes: a folder of large photos would otherwise cross the process boundary
@@ -55,21 +59,71 @@ class Hashes:
     height: int
     bmh1: bytes
     phash: bytes
+    thumbnail: bytes | None = None
 
 
-def hash_bytes(data: bytes, checksum: str, max_pixels: int) -> Hashes:
-    image = hash_image(data, HASH_TYPES, max_pixels)
-    return Hashes(checksum, image.width, image.height, image.hashes["bmh1"].data, image.hashes["phash"].data)
+def hash_bytes(data: bytes, checksum: str, max_pixels: int, thumbnail: bool = False) -> Hashes:
+    image = hash_image(data, HASH_TYPES, max_pixels, thumbnail)
+    bmh1, phash = image.hashes["bmh1"].data, image.hashes["phash"].data
+    return Hashes(checksum, image.width, image.height, bmh1, phash, image.thumbnail)
 
 
-def hash_file(path: str, known_checksum: str | None, max_pixels: int) -> Hashes | str:
+def hash_file(path: str, known_checksum: str | None, max_pixels: int, thumbnail: bool = False) -> Hashes | str:
     """Read and checksum a file; hash it only if the checksum differs from ``known_checksum`` (else return the
     checksum alone), so rerunning an ingest over unchanged files never decodes an image."""
     data = Path(path).read_bytes()
     checksum = hashlib.sha256(data).hexdigest()
     if checksum == known_checksum:
         return checksum
-    return hash_bytes(data, checksum, max_pixels)
+    return hash_bytes(data, checksum, max_pixels, thumbnail)
+
+
+def file_outcome(item: Item, stored: StoredRecord | None, max_pixels: int, thumbnail: bool = False) -> _Outcome:
+    """What ingesting a file item amounts to (new, updated, unchanged, failed), with the record to write: the
+    per-item work of every ingest, run in a worker process of the local pool or on a cluster worker."""
+    assert item.path is not None
+    try:
+        known = stored.checksum if stored else None
+        return _compare(item, stored, hash_file(str(item.path), known, max_pixels, thumbnail))
+    except Exception as exc:
+        return _failed(item, exc)
+
+
+def bytes_outcome(
+    item: Item, stored: StoredRecord | None, data: bytes, max_pixels: int, thumbnail: bool = False
+) -> _Outcome:
+    """:func:`file_outcome` for downloaded bytes: hashed only if their checksum differs from the stored one."""
+    checksum = hashlib.sha256(data).hexdigest()
+    try:
+        unchanged = stored is not None and stored.checksum == checksum
+        return _compare(item, stored, checksum if unchanged else hash_bytes(data, checksum, max_pixels, thumbnail))
+    except Exception as exc:
+        return _failed(item, exc)
+
+
+def _failed(item: Item, error: BaseException | str) -> _Outcome:
+    """A failed outcome; an exception is shown as its message (an unforeseen one with its type, so a decoder's
+    surprise stays recognisable in the report)."""
+    if isinstance(error, OSError):
+        error = error.strerror or str(error)
+    elif not isinstance(error, str):
+        error = str(error) if isinstance(error, MatchdbError) else f"{type(error).__name__}: {error}"
+    return _Outcome("failed", failure=Failure(item.ext_id, item.source, error))
+
+
+# --- storage: what both the local pipeline and cluster chunks read and write ---------------------------------------
+
+
+def lookup_stored(engine: Engine, collection_id: str, ext_ids: list[str]) -> dict[str, StoredRecord]:
+    """The stored records for these ``_id`` values: what a rerun compares with to skip unchanged images."""
+    with engine.connect() as connection:
+        return get_records(connection, collection_id, ext_ids)
+
+
+def write_records(writer: Writer, collection_id: str, batch: list[NewRecord]) -> None:
+    """Upsert ``batch`` by ``_id`` with its change-log entries, in one transaction: written twice (a retried cluster
+    chunk), it leaves the same rows, since an existing ``_id`` is replaced in place."""
+    writer.run(lambda connection: upsert_records(connection, collection_id, batch))
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------------------
@@ -94,7 +148,7 @@ class Summary:
     unchanged: int = 0
     failed: int = 0
     seconds: float = 0.0
-    planned: int = 0  # items found
+    planned: int | None = 0  # items found (None: not known, a cluster ingest stopped before it listed them all)
     stopped_by: int | None = None  # the signal that interrupted the run (what was done is stored)
 
     @property
@@ -116,7 +170,8 @@ class Summary:
         if self.stopped_by is None:
             return f"ingested {self.total} images: {counts}"
         return (
-            f"interrupted by {signal.Signals(self.stopped_by).name} after {self.total} of {self.planned} images, "
+            f"interrupted by {signal.Signals(self.stopped_by).name} after {self.total}"
+            f"{'' if self.planned is None else f' of {self.planned}'} images, "
             f"all of them stored: {counts}; run the same command again to resume"
         )
 
@@ -150,6 +205,7 @@ class _Ingest:
         self._pool = pool
         self._fetcher = fetcher
         self._max_pixels = settings.max_pixels
+        self._thumbnails = settings.thumbnails
         self._downloads = asyncio.Semaphore(settings.fetch_concurrency)
         self._batch_size = batch_size
         self._window = window
@@ -229,54 +285,38 @@ class _Ingest:
 
     async def _process(self, item: Item, stored: StoredRecord | None) -> _Outcome:
         if item.error is not None:
-            return _Outcome("failed", failure=Failure(item.ext_id, item.source, item.error))
+            return _failed(item, item.error)
+        if item.path is not None:
+            return await self._in_pool(file_outcome, item, stored, self._max_pixels, self._thumbnails)
+        assert item.url is not None
         try:
-            result: Hashes | str
-            if item.path is not None:
-                known = stored.checksum if stored is not None else None
-                result = await self._in_pool(hash_file, str(item.path), known, self._max_pixels)
-            else:
-                assert item.url is not None
-                async with self._downloads:
-                    data = await self._fetcher.fetch(item.url)
-                checksum = hashlib.sha256(data).hexdigest()
-                if stored is not None and stored.checksum == checksum:
-                    result = checksum
-                else:
-                    result = await self._in_pool(hash_bytes, data, checksum, self._max_pixels)
-        except BrokenProcessPool:
-            raise  # every later item would fail the same way: stop instead of reporting them all
-        except OSError as exc:
-            return self._failed(item, exc.strerror or str(exc))
-        except MatchdbError as exc:
-            return self._failed(item, str(exc))
-        except Exception as exc:  # an unforeseen decoder error must not stop the other items
-            return self._failed(item, f"{type(exc).__name__}: {exc}")
-        return _compare(item, stored, result)
+            async with self._downloads:
+                data = await self._fetcher.fetch(item.url)
+        except Exception as exc:
+            return _failed(item, exc)
+        return await self._in_pool(bytes_outcome, item, stored, data, self._max_pixels, self._thumbnails)
 
-    async def _in_pool(self, function: Callable[..., Hashes | str], *args: object) -> Hashes | str:
+    async def _in_pool(self, function: Callable[..., _Outcome], *args: object) -> _Outcome:
         """``function(*args)`` in a worker process, shielded from the item's cancellation (a stopped ingest drops what
         is in flight, and this outcome is then ignored): in Python 3.11 a cancelled pool future crashes the pool's
-        manager thread if the workers then die (InvalidStateError in terminate_broken, as on SIGTERM to the group)."""
+        manager thread if the workers then die (InvalidStateError in terminate_broken, as on SIGTERM to the group).
+        A broken pool raises: every later item would fail the same way, so the run stops instead of reporting them
+        all."""
         future = asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.shield(future)
 
-    @staticmethod
-    def _failed(item: Item, error: str) -> _Outcome:
-        return _Outcome("failed", failure=Failure(item.ext_id, item.source, error))
-
     def _lookup(self, ext_ids: list[str]) -> dict[str, StoredRecord]:
-        with self._engine.connect() as connection:
-            return get_records(connection, self._collection_id, ext_ids)
+        return lookup_stored(self._engine, self._collection_id, ext_ids)
 
     def _write(self, batch: list[NewRecord]) -> None:
-        self._writer.run(lambda connection: upsert_records(connection, self._collection_id, batch))
+        write_records(self._writer, self._collection_id, batch)
 
 
 def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _Outcome:
     """New, updated or unchanged. A bare checksum means the stored image is the same, so its hashes are reused:
-    changed attributes are written without hashing again."""
+    changed attributes are written without hashing again (and the stored thumbnail is kept)."""
+    reused = isinstance(result, str)
     if isinstance(result, str):
         assert stored is not None
         result = Hashes(result, stored.width, stored.height, stored.bmh1, stored.phash)
@@ -289,6 +329,8 @@ def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _
         checksum=result.checksum,
         bmh1=result.bmh1,
         phash=result.phash,
+        thumbnail=result.thumbnail,
+        keep_thumbnail=reused,
     )
     if stored is None:
         return _Outcome("new", record)
@@ -343,6 +385,57 @@ def run_ingest(
                     loop.remove_signal_handler(signum)
 
     return asyncio.run(main())
+
+
+def ingest_chunk(
+    engine: Engine, collection_id: str, items: Sequence[Item], settings: Settings
+) -> list[tuple[Status, Failure | None]]:
+    """Ingest one chunk of items start to end where this runs (a cluster worker): look up what is stored, read the
+    files or download the URLs (through the SSRF-guarded fetcher of ``settings``), hash what changed, and write the
+    chunk's records in one transaction. The same per-item and storage functions as the local pipeline, so the
+    semantics are the same; running a chunk again (a retry after its worker died) stores the same rows.
+
+    Returns each item's status and failure, in order: small, whatever the images' size."""
+    wanted = [item.ext_id for item in items if item.error is None]
+    stored = lookup_stored(engine, collection_id, wanted)
+    outcomes: dict[int, _Outcome] = {}
+    downloads: list[tuple[int, Item]] = []
+    for index, item in enumerate(items):
+        if item.error is not None:
+            outcomes[index] = _failed(item, item.error)
+        elif item.path is not None:
+            outcomes[index] = file_outcome(item, stored.get(item.ext_id), settings.max_pixels, settings.thumbnails)
+        else:
+            downloads.append((index, item))
+    if downloads:
+        outcomes.update(asyncio.run(_download_outcomes(downloads, stored, settings)))
+    ordered = [outcomes[index] for index in range(len(items))]
+    records = [outcome.record for outcome in ordered if outcome.record is not None]
+    if records:
+        write_records(Writer(engine, settings.write_attempts, settings.database_timeout), collection_id, records)
+    return [(outcome.status, outcome.failure) for outcome in ordered]
+
+
+async def _download_outcomes(
+    downloads: list[tuple[int, Item]], stored: dict[str, StoredRecord], settings: Settings
+) -> dict[int, _Outcome]:
+    """Download and hash URL items, ``fetch_concurrency`` at a time (which also bounds the bytes held)."""
+    slots = asyncio.Semaphore(settings.fetch_concurrency)
+    async with fetcher_from_settings(settings) as fetcher:
+
+        async def one(index: int, item: Item) -> tuple[int, _Outcome]:
+            assert item.url is not None
+            async with slots:
+                try:
+                    data = await fetcher.fetch(item.url)
+                except Exception as exc:
+                    return index, _failed(item, exc)
+                outcome = await asyncio.to_thread(
+                    bytes_outcome, item, stored.get(item.ext_id), data, settings.max_pixels, settings.thumbnails
+                )
+                return index, outcome
+
+        return dict(await asyncio.gather(*(one(index, item) for index, item in downloads)))
 
 
 class FailureReport:

@@ -8,9 +8,10 @@ The order decides insertion order, hence how ties rank in visualKNN. Rows that c
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,69 +43,112 @@ def discover(paths: Sequence[Path], unique_ids: bool = True) -> list[Item]:
     A folder's images are sorted by their path relative to it, which is also their ``_id``; a single image file is
     identified by its name; manifest rows by ``_id``, else ``_file`` (relative to the manifest), else ``_url``.
     With ``unique_ids`` (ingest: one record per ``_id``) a repeated ``_id`` is an error; ``dedupe`` has no records.
+    A manifest that cannot be read whole is one failed item (none of its rows are taken).
     """
     items: list[Item] = []
     for path in paths:
         suffix = path.suffix.lower()
         if path.is_dir():
-            items.extend(_folder_items(path))
-        elif suffix == ".csv":
-            items.extend(_csv_items(path))
-        elif suffix == ".jsonl":
-            items.extend(_jsonl_items(path))
+            items.extend(Item(ext_id, str(image), path=image) for ext_id, image in iter_folder_images(path))
+        elif suffix in _MANIFESTS:
+            try:
+                rows = list(_MANIFESTS[suffix](path))
+            except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                rows = [Item("", str(path), error=f"cannot read manifest: {exc}")]
+            items.extend(rows)
         else:  # named explicitly, so taken whatever its extension
             items.append(Item(path.name, str(path), path=path))
     return _mark_repeated(items) if unique_ids else items
 
 
+def iter_items(paths: Sequence[Path]) -> Iterator[Item]:
+    """:func:`discover`'s items one at a time, in the same order, for inputs too big to hold (a cluster ingest of a
+    10M-line manifest): only the ``_id`` values seen are kept (a 16-byte digest each), to fail repeated ones. A
+    manifest that breaks part-way yields its rows up to there, then one failed item."""
+    seen: set[bytes] = set()
+    for path in paths:
+        suffix = path.suffix.lower()
+        items: Iterator[Item]
+        if path.is_dir():
+            items = (Item(ext_id, str(image), path=image) for ext_id, image in iter_folder_images(path))
+        elif suffix in _MANIFESTS:
+            items = _manifest_or_error(path)
+        else:
+            items = iter([Item(path.name, str(path), path=path)])
+        for item in items:
+            if item.error is None:
+                digest = hashlib.blake2b(item.ext_id.encode(), digest_size=16).digest()
+                if digest in seen:
+                    item = Item(item.ext_id, item.source, error="_id repeated (given to an earlier item)")
+                seen.add(digest)
+            yield item
+
+
 def folder_images(root: Path) -> list[tuple[str, Path]]:
     """(path relative to ``root``, path) of the image files under it by extension, sorted by relative path, skipping
     hidden files and folders (``.git``, macOS ``._x.jpg``). ``matchdb eval`` walks folders with it too."""
-    found: list[tuple[str, Path]] = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                path = Path(folder, name)
-                found.append((path.relative_to(root).as_posix(), path))
-    return sorted(found)
+    return list(iter_folder_images(root))
 
 
-def _folder_items(root: Path) -> list[Item]:
-    return [Item(ext_id, str(path), path=path) for ext_id, path in folder_images(root)]
-
-
-def _csv_items(manifest: Path) -> list[Item]:
+def iter_folder_images(root: Path, relative: str = "") -> Iterator[tuple[str, Path]]:
+    """:func:`folder_images` one at a time, one folder listing in memory at once. A folder's entries are sorted with
+    a sub-folder ``d`` keyed ``"d/"``: every path under it starts so, hence the walk yields relative paths in
+    exactly their sorted order. Symbolic links to folders are not followed (as ``os.walk`` does not)."""
+    folder = root / relative if relative else root
     try:
-        with manifest.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = [
-                (reader.line_num, {k: v for k, v in row.items() if k is not None and v is not None}) for row in reader
-            ]
+        with os.scandir(folder) as listing:
+            entries = [entry for entry in listing if not entry.name.startswith(".")]
+    except OSError:  # an unreadable folder is passed over, as os.walk does
+        return
+    keyed: list[tuple[str, os.DirEntry[str], bool]] = []
+    for entry in entries:
+        is_dir = entry.is_dir()
+        if is_dir and entry.is_symlink():
+            continue
+        if is_dir or Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            keyed.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+    for _key, entry, is_dir in sorted(keyed, key=lambda each: each[0]):
+        name = f"{relative}/{entry.name}" if relative else entry.name
+        if is_dir:
+            yield from iter_folder_images(root, name)
+        else:
+            yield name, Path(entry.path)
+
+
+def _manifest_or_error(manifest: Path) -> Iterator[Item]:
+    try:
+        yield from _MANIFESTS[manifest.suffix.lower()](manifest)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return [Item("", str(manifest), error=f"cannot read manifest: {exc}")]
-    return [_manifest_item(row, manifest, line) for line, row in rows]
+        yield Item("", str(manifest), error=f"cannot read manifest: {exc}")
 
 
-def _jsonl_items(manifest: Path) -> list[Item]:
-    try:
-        lines = manifest.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        return [Item("", str(manifest), error=f"cannot read manifest: {exc}")]
-    items: list[Item] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            items.append(Item("", f"{manifest}:{number}", error=f"invalid JSON: {exc}"))
-            continue
-        if not isinstance(row, dict):
-            items.append(Item("", f"{manifest}:{number}", error="a manifest line must be a JSON object"))
-            continue
-        items.append(_manifest_item(row, manifest, number))
-    return items
+def _csv_items(manifest: Path) -> Iterator[Item]:
+    """The rows of a CSV manifest (header row first); raises on a file that cannot be read."""
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            values = {k: v for k, v in row.items() if k is not None and v is not None}
+            yield _manifest_item(values, manifest, reader.line_num)
+
+
+def _jsonl_items(manifest: Path) -> Iterator[Item]:
+    """The lines of a JSONL manifest; a bad line is a failed item, a file that cannot be read raises."""
+    with manifest.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Item("", f"{manifest}:{number}", error=f"invalid JSON: {exc}")
+                continue
+            if not isinstance(row, dict):
+                yield Item("", f"{manifest}:{number}", error="a manifest line must be a JSON object")
+                continue
+            yield _manifest_item(row, manifest, number)
+
+
+_MANIFESTS: dict[str, Callable[[Path], Iterator[Item]]] = {".csv": _csv_items, ".jsonl": _jsonl_items}
 
 
 def _manifest_item(row: dict[str, Any], manifest: Path, line: int) -> Item:

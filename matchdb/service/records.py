@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from matchdb import metrics
 from matchdb.config import Settings
 from matchdb.errors import ImageError
 from matchdb.fetch import Fetcher, FetchError
@@ -93,19 +94,35 @@ def decode_base64(value: object, max_bytes: int) -> bytes:
 class ImageLoader:
     """Turns request records into hashed images, fetching ``_url`` records concurrently."""
 
-    def __init__(self, fetcher: Fetcher, executor: Executor, max_pixels: int, max_bytes: int, concurrency: int):
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        executor: Executor,
+        max_pixels: int,
+        max_bytes: int,
+        concurrency: int,
+        thumbnails: bool = False,
+    ):
         self._fetcher = fetcher
+        self._thumbnails = thumbnails  # the operator's MATCHDB_THUMBNAILS: make them for records to store
         self._executor = executor
         self._max_pixels = max_pixels
         self._max_bytes = max_bytes
         self._limit = asyncio.Semaphore(concurrency)
 
-    async def load_many(self, raws: Sequence[object], kinds: Sequence[str], assign_id: bool) -> list[LoadedRecord]:
-        """Load every record concurrently; the result keeps request order."""
-        return list(await asyncio.gather(*(self.load(raw, kinds, assign_id) for raw in raws)))
+    async def load_many(
+        self, raws: Sequence[object], kinds: Sequence[str], assign_id: bool, to_store: bool = False
+    ) -> list[LoadedRecord]:
+        """Load every record concurrently; the result keeps request order. ``to_store``: the records will be stored,
+        so each gets its thumbnail too (unless thumbnails are off)."""
+        thumbnail = to_store and self._thumbnails
+        return list(await asyncio.gather(*(self.load(raw, kinds, assign_id, thumbnail=thumbnail) for raw in raws)))
 
-    async def load(self, raw: object, kinds: Sequence[str], assign_id: bool, dihedral: bool = False) -> LoadedRecord:
-        """One record; with ``dihedral`` its 8 orientations are hashed too (a query image only: 8 times the work)."""
+    async def load(
+        self, raw: object, kinds: Sequence[str], assign_id: bool, dihedral: bool = False, thumbnail: bool = False
+    ) -> LoadedRecord:
+        """One record; with ``dihedral`` its 8 orientations are hashed too (a query image only: 8 times the work),
+        with ``thumbnail`` its thumbnail is made from the same decoded pixels."""
         record = echo_record(raw, assign_id)
         if not isinstance(raw, dict):
             return LoadedRecord(record, None, RecordFailure(400, "record must be a JSON object"))
@@ -114,24 +131,34 @@ class ImageLoader:
             return LoadedRecord(record, None, RecordFailure(400, "_id must be a string or a number"))
         try:
             source = await self._source_of(raw)
+        except FetchError as exc:
+            metrics.IMAGE_FAILURES.labels("download").inc()
+            metrics.DOWNLOAD_FAILURES.labels(exc.cause).inc()
+            return LoadedRecord(record, None, image_failure(str(exc)))
+        except ImageError as exc:  # no usable _url or _base64
+            metrics.IMAGE_FAILURES.labels("input").inc()
+            return LoadedRecord(record, None, image_failure(str(exc)))
+        try:
             async with self._limit:
                 loop = asyncio.get_running_loop()
                 image, checksum, variants = await loop.run_in_executor(
-                    self._executor, self._decode, source, tuple(kinds), dihedral
+                    self._executor, self._decode, source, tuple(kinds), dihedral, thumbnail
                 )
-        except (ImageError, FetchError) as exc:
+        except ImageError as exc:
+            metrics.IMAGE_FAILURES.labels("decode").inc()
             return LoadedRecord(record, None, image_failure(str(exc)))
+        metrics.IMAGES_HASHED.labels("base64" if isinstance(source, str) else "url").inc()
         record["_width"], record["_height"] = image.width, image.height
         return LoadedRecord(record, image, checksum=checksum, variants=variants)
 
     def _decode(
-        self, source: bytes | str, kinds: tuple[str, ...], dihedral: bool
+        self, source: bytes | str, kinds: tuple[str, ...], dihedral: bool, thumbnail: bool = False
     ) -> tuple[HashedImage, str, tuple[dict[str, VisualHash], ...]]:
         """Runs in the pool: base64 text is decoded here too, as it is CPU work that would stall the event loop."""
         data = decode_base64(source, self._max_bytes) if isinstance(source, str) else source
         checksum = hashlib.sha256(data).hexdigest()
         if not dihedral:
-            return hash_image(data, kinds, self._max_pixels), checksum, ()
+            return hash_image(data, kinds, self._max_pixels, thumbnail), checksum, ()
         pixels = decode_image(data, self._max_pixels)
         variants = tuple(hash_dihedral(pixels, kinds))
         return HashedImage(pixels.width, pixels.height, variants[0]), checksum, variants
@@ -166,4 +193,11 @@ def fetcher_from_settings(settings: Settings) -> Fetcher:
 
 
 def loader_from_settings(settings: Settings, fetcher: Fetcher, executor: Executor) -> ImageLoader:
-    return ImageLoader(fetcher, executor, settings.max_pixels, settings.max_download_bytes, settings.fetch_concurrency)
+    return ImageLoader(
+        fetcher,
+        executor,
+        settings.max_pixels,
+        settings.max_download_bytes,
+        settings.fetch_concurrency,
+        thumbnails=settings.thumbnails,
+    )

@@ -22,13 +22,16 @@ from matchdb.errors import MatchdbError
 from matchdb.hashing import ALGORITHM_VERSION
 from matchdb.storage.changes import append_changes
 from matchdb.storage.schema import records
+from matchdb.storage.thumbnails import replace_thumbnails
 
 HASH_VERSION = max(ALGORITHM_VERSION.values())
 
 
 @dataclass(frozen=True)
 class NewRecord:
-    """A record to store: the caller's ``_id`` and attributes, the image facts and both hashes (packed bytes)."""
+    """A record to store: the caller's ``_id`` and attributes, the image facts and both hashes (packed bytes), and
+    its thumbnail (None: none, or thumbnails are off); ``keep_thumbnail`` keeps the stored one (the image did not
+    change, so it was not decoded again)."""
 
     ext_id: str
     attributes: dict[str, Any]
@@ -38,6 +41,8 @@ class NewRecord:
     checksum: str
     bmh1: bytes
     phash: bytes
+    thumbnail: bytes | None = None
+    keep_thumbnail: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ def upsert_records(connection: Connection, collection_id: str, batch: Sequence[N
         raise
     ids = {str(ext_id): int(row_id) for row_id, ext_id in returned}
     row_ids = [ids[r.ext_id] for r in batch]
+    pictures = [(row_id, r.thumbnail) for row_id, r in zip(row_ids, batch, strict=True) if not r.keep_thumbnail]
+    replace_thumbnails(connection, pictures)
     append_changes(connection, collection_id, "upsert", row_ids)
     return row_ids
 

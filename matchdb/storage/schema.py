@@ -133,3 +133,18 @@ servers = Table(
     Column("rebuild_seconds", Float, nullable=True),
     Column("records", BigInteger, nullable=False),
 )
+
+# One small picture per record (longest side 160 px, JPEG), for the console: records inserted with ``_base64`` have
+# no other image to show. Its own table, so index loads and searches, which read ``records``, never touch it.
+thumbnails = Table(
+    "thumbnails",
+    metadata,
+    Column(
+        "record_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("records.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("media_type", String(32), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)

@@ -7,6 +7,7 @@ the Ximilar methods themselves are in :mod:`matchdb.web.stateless`.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from matchdb import __version__
+from matchdb import __version__, metrics
 from matchdb.config import Settings
 from matchdb.fetch import Fetcher
 from matchdb.hashing import warm_up
@@ -29,10 +30,14 @@ from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import fetcher_from_settings, loader_from_settings
 from matchdb.storage.database import make_engine
 from matchdb.storage.transactions import Writer
-from matchdb.web import browse, collections, stateless
+from matchdb.web import console
 from matchdb.web.auth import Authenticator
 from matchdb.web.envelope import ApiError, error_response, request_context
 from matchdb.web.guard import Guard
+from matchdb.web.methods import API_METHODS, api_routes
+from matchdb.web.observe import Observer, configure_logging, labelled
+from matchdb.web.openapi import ALIASES, PREFIX
+from matchdb.web.operations import operation_routes
 
 
 def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlette:
@@ -73,6 +78,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
             executor.shutdown(wait=False, cancel_futures=True)
             app.state.registry.close()
             engine.dispose()
+            metrics.worker_exited(os.getpid())  # this worker's gauges leave the sums of /metrics
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -86,35 +92,23 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
 
-    methods = [
-        Route("/ping", stateless.ping, methods=["GET", "POST"]),
-        Route("/visual_hash", stateless.visual_hash, methods=["POST"]),
-        Route("/remove_duplicates", stateless.remove_duplicates, methods=["POST"]),
-        Route("/rank_images", stateless.rank_images, methods=["POST"]),
-        Route("/insert", collections.insert, methods=["POST"]),
-        Route("/delete", collections.delete, methods=["POST"]),
-        Route("/update", collections.update, methods=["POST"]),
-        Route("/get", collections.get, methods=["POST"]),
-        Route("/allIDs", collections.all_ids, methods=["POST"]),
-        Route("/allRecords", browse.all_records, methods=["POST"]),
-        Route("/random", browse.random_records, methods=["POST"]),
-        Route("/visualKNN", collections.visual_knn, methods=["POST"]),
-        Route("/visualRankRecords", collections.visual_rank_records, methods=["POST"]),
-        Route("/collections", collections.collections_endpoint, methods=["GET", "POST"]),
-        Route("/collections/{collection_id}", collections.collection_delete, methods=["DELETE"]),
-    ]
+    methods = api_routes()  # declared in web/methods.py, with their OpenAPI description
     # Every method under /v2/ and under Ximilar's own path, so switching from Ximilar changes only the host.
     routes = [
-        Route("/healthz", health, methods=["GET"]),
-        Mount("/v2", routes=methods),
-        Mount("/image_matching/v2", routes=methods),
+        Route("/healthz", labelled(health, "healthz"), methods=["GET"], include_in_schema=False),
+        *operation_routes(settings, API_METHODS),  # /openapi.json, /docs, /metrics
+        Mount(PREFIX, routes=methods),
+        *(Mount(alias, routes=methods) for alias in ALIASES),
+        *console.routes(),
     ]
+    configure_logging(settings.log_format)
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         # Every other exception ends in the guard (500, or 503 when the database is unavailable): see guard.py.
         exception_handlers={HTTPException: http_error, ApiError: api_error},
-        middleware=[Middleware(Guard, proc_id=proc_id)],
+        # The observer (access log, request metrics) wraps the guard, so it sees the status the guard decided.
+        middleware=[Middleware(Observer), Middleware(Guard, proc_id=proc_id)],
     )
 
 

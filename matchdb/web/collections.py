@@ -26,6 +26,7 @@ from matchdb.web.requests import count_field, fields_field, flag_field, hash_typ
 from matchdb.web.stateless import api_method
 
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 10**12  # allIDs: page * page_size stays a 64-bit SQL offset
 
 
 def _service(request: Request) -> CollectionService:
@@ -161,6 +162,8 @@ async def all_ids(
     page_size = count_field(body, "page_size") or 100
     if page_size > MAX_PAGE_SIZE:
         raise ApiError(400, f"Field 'page_size' must be at most {MAX_PAGE_SIZE}")
+    if page > MAX_PAGE:
+        raise ApiError(400, f"Field 'page' must be at most {MAX_PAGE}")
     ids, count = await _service(request).all_ids(collection.id, page, page_size)
     next_page = page + 1 if page * page_size < count else None
     return context.respond({"ids": ids, "next_page": next_page, "count": count})

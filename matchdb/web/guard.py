@@ -1,9 +1,13 @@
-"""The app's outermost middleware: every request gets an answer in the Ximilar envelope, whatever fails inside.
+"""The app's error boundary (inside only the access log): every request gets an answer in the Ximilar envelope,
+whatever fails inside.
 
 It gives each request its ``request_id`` (``request.state.request_id``, used by the envelope), so the id in a 500's
-body is the one in the log. Any exception that escapes the handlers (an unforeseen bug, a database outage, a
-streaming body that fails) ends here instead of in uvicorn, which would cut the connection, dropping whatever
-request the client had sent next on it:
+body is the one in the log: the caller's ``X-Request-ID`` when it is a short printable token (1-128 characters
+of letters, digits and ``._:/+=@-``), a fresh UUID otherwise; every answer echoes it in ``X-Request-ID``.
+
+Any exception that escapes the handlers (an unforeseen bug, a database outage, a streaming body that fails) ends
+here instead of in uvicorn, which would cut the connection, dropping whatever request the client had sent next on
+it:
 
 - the database is unavailable (down, restarting, busy past the retries): 503 with ``Retry-After``, one log line;
 - the collection was deleted while a write was on its way: 404;
@@ -12,12 +16,15 @@ request the client had sent next on it:
 The response's start is held back until its first body chunk, so a streamed body that fails before producing
 anything still becomes an enveloped error. Once body bytes are out the status cannot change any more: the failure
 is logged and the connection closed, so the client sees a truncated answer as an error rather than as a complete
-one. Other middleware (request logging, metrics) belongs inside this one, after it in the middleware list.
+one. The access log and request metrics (:mod:`matchdb.web.observe`) wrap this middleware, so they see the final
+status that it decides; it is the one owner of the request id, which they read from the request's state.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +33,7 @@ from matchdb.storage.transactions import unavailable
 from matchdb.web.envelope import RequestContext
 
 log = logging.getLogger("matchdb")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
 class Guard:
@@ -37,7 +45,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        context = RequestContext(self.proc_id)
+        context = RequestContext(self.proc_id, incoming_request_id(scope) or str(uuid.uuid4()))
         scope.setdefault("state", {})["request_id"] = context.request_id
         held: Message | None = None
         body_started = False
@@ -45,7 +53,8 @@ class Guard:
         async def send_when_body(message: Message) -> None:
             nonlocal held, body_started
             if message["type"] == "http.response.start":
-                held = message
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                held = {**message, "headers": [*headers, (b"x-request-id", context.request_id.encode())]}
                 return
             if held is not None:
                 start, held = held, None
@@ -58,11 +67,13 @@ class Guard:
         except Exception as exc:
             status, text, retry_after = self._classify(exc, context)
             if body_started:
-                log.error("response of request_id %s failed after it began: connection closed", context.request_id)
+                text = "response of request_id %s failed after it began: connection closed"
+                log.error(text, context.request_id, extra=_id(context))
                 return
             response = context.respond({}, status, text)
             if retry_after is not None:
                 response.headers["Retry-After"] = str(retry_after)
+            response.headers["X-Request-ID"] = context.request_id
             await response(scope, receive, send)
             return
         if held is not None:  # a start without a body: pass it on and let the server judge
@@ -72,12 +83,26 @@ class Guard:
         """(status, text, Retry-After) of the answer to a request that raised ``exc``; logs it."""
         down = unavailable(exc)
         if down is not None:
-            log.warning("request_id %s: 503, %s (%s)", context.request_id, down, _first_line(exc))
+            log.warning("request_id %s: 503, %s (%s)", context.request_id, down, _first_line(exc), extra=_id(context))
             return 503, str(down), down.retry_after
         if isinstance(exc, CollectionGone):
             return 404, "Unknown collection (it was deleted meanwhile)", None
-        log.error("internal error (request_id %s)", context.request_id, exc_info=exc)
+        log.error("internal error (request_id %s)", context.request_id, exc_info=exc, extra=_id(context))
         return 500, f"Internal server error (request_id {context.request_id})", None
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    """The caller's ``X-Request-ID`` if it is an acceptable id (else None: the request gets a fresh one)."""
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            return text if _REQUEST_ID.fullmatch(text) else None
+    return None
+
+
+def _id(context: RequestContext) -> dict[str, str]:
+    """``extra`` of a log record: the request id as its own field (the JSON log format shows it)."""
+    return {"request_id": context.request_id}
 
 
 def _first_line(exc: BaseException) -> str:

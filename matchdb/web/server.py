@@ -14,13 +14,19 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from matchdb import metrics
 
 APP = "matchdb.web.app:app_from_env"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start (e.g. the port is taken)
@@ -46,18 +52,51 @@ class Supervisor(Multiprocess):
             sock.close()
         super().terminate_all()
 
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn's restart of dead workers; a worker that died without its shutdown also leaves the live gauges
+        of ``/metrics`` (its counters stay in the sums)."""
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                metrics.worker_exited(pid)
+
+
+@contextlib.contextmanager
+def metrics_folder() -> Iterator[None]:
+    """A fresh folder, owned by this supervisor, where the workers keep their metrics (prometheus-client's
+    multiprocess mode: :mod:`matchdb.metrics`), removed when serving ends. An operator's own
+    ``PROMETHEUS_MULTIPROC_DIR`` is used as it is (emptying it between runs is then theirs to do)."""
+    if os.environ.get(metrics.MULTIPROC_ENV):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="matchdb-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = folder  # inherited by the workers, which are started after this
+    try:
+        yield
+    finally:
+        os.environ.pop(metrics.MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 def run(host: str, port: int, workers: int, drain_timeout: float = 30.0) -> None:
     """Serve until SIGTERM or SIGINT; with ``workers`` > 1 a supervisor restarts workers that die."""
     config = TcpConfig(
-        APP, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=math.ceil(drain_timeout)
+        APP,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=math.ceil(drain_timeout),
+        access_log=False,  # the app writes its own (matchdb.web.observe), with the request_id
     )
     if workers > 1:
         supervisor: Any = Supervisor  # older uvicorn releases (the pyproject allows >= 0.30) also take the target
-        if "target" in inspect.signature(Multiprocess).parameters:
-            supervisor(config, target=uvicorn.Server(config).run, sockets=[config.bind_socket()]).run()
-        else:
-            supervisor(config, sockets=[config.bind_socket()]).run()
+        with metrics_folder():
+            if "target" in inspect.signature(Multiprocess).parameters:
+                supervisor(config, target=uvicorn.Server(config).run, sockets=[config.bind_socket()]).run()
+            else:
+                supervisor(config, sockets=[config.bind_socket()]).run()
         return
     server = uvicorn.Server(config)
     # uvicorn raises the signal that stopped it again once it has shut down, to die of it: SIGTERM would then end

@@ -34,8 +34,11 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             authenticator: Authenticator = request.app.state.authenticator
             principal = await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+            request.state.workspace = principal.workspace
             settings: Settings = request.app.state.settings
             body = await read_json(request, settings.max_body_bytes) if request.method == "POST" else {}
+            records = body.get("records")
+            request.state.records = len(records) if isinstance(records, list) else None
             return await handler(request, context, principal, body)
         except ApiError as exc:
             return context.respond({}, exc.status, exc.text)
@@ -61,7 +64,11 @@ async def ping(request: Request, context: RequestContext, principal: Principal, 
         "ready": sum(state.state == "ready" for state in states),
         "records": sum(state.size for state in states),
     }
-    return context.respond({"_service_info": dict(SERVICE_INFO), "version": __version__, "indexes": indexes})
+    # Who the caller is, so a client (the web console) can tell open mode and a read-only token without trying a write.
+    access = {"workspace": principal.workspace, "read_only": principal.read_only, "open": principal.token_id is None}
+    return context.respond(
+        {"_service_info": dict(SERVICE_INFO), "version": __version__, "indexes": indexes, "access": access}
+    )
 
 
 @api_method

@@ -1,0 +1,104 @@
+"""The operator's routes, none of them part of the API (so none is in the OpenAPI document):
+
+- ``GET /openapi.json``: the OpenAPI 3.1 document (:mod:`matchdb.web.openapi`), built on first use;
+- ``GET /docs``: that document for people, rendered by Swagger UI from the swagger-ui-py package's own files
+  (Apache-2.0, https://github.com/swagger-api/swagger-ui): no CDN, so it works offline;
+- ``GET /metrics``: Prometheus metrics (:mod:`matchdb.metrics`), per ``MATCHDB_METRICS``: open, behind an API
+  token, or off.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from matchdb.config import Settings
+from matchdb.metrics import render
+from matchdb.web.auth import Authenticator
+from matchdb.web.envelope import ApiError, request_context
+from matchdb.web.observe import labelled
+from matchdb.web.openapi import ApiMethod, document
+
+# The Swagger UI files the page loads (the package has more: the editor, source maps).
+SWAGGER_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui-standalone-preset.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+    "LICENSE": "text/plain",
+}
+
+# Relative URLs: the page also works behind a proxy that serves matchdb under a path prefix.
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>matchdb API</title>
+<link rel="icon" type="image/png" href="docs/static/favicon-32x32.png">
+<link rel="stylesheet" href="docs/static/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="docs/static/swagger-ui-bundle.js"></script>
+<script src="docs/static/swagger-ui-standalone-preset.js"></script>
+<script>
+window.ui = SwaggerUIBundle({
+  url: "openapi.json",
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+  layout: "BaseLayout"
+});
+</script>
+</body>
+</html>
+"""
+
+
+def swagger_ui_dir() -> Path:
+    return Path(str(importlib.resources.files("swagger_ui") / "static"))
+
+
+def operation_routes(settings: Settings, methods: Sequence[ApiMethod]) -> list[BaseRoute]:
+    built: dict[str, Any] = {}
+
+    async def openapi(request: Request) -> Response:
+        if "document" not in built:
+            built["document"] = document(methods, settings)
+        return JSONResponse(built["document"])
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(DOCS_PAGE)
+
+    async def docs_file(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in SWAGGER_FILES:
+            raise ApiError(404, "Unknown method or path")
+        headers = {"Cache-Control": "public, max-age=86400"}
+        return FileResponse(swagger_ui_dir() / name, media_type=SWAGGER_FILES[name], headers=headers)
+
+    async def metrics(request: Request) -> Response:
+        if settings.metrics == "token":
+            authenticator: Authenticator = request.app.state.authenticator
+            try:
+                await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+            except ApiError as exc:
+                return request_context(request).respond({}, exc.status, exc.text)
+        body, content_type = await run_in_threadpool(render)
+        return Response(body, media_type=content_type)
+
+    routes: list[BaseRoute] = [
+        Route("/openapi.json", labelled(openapi, "openapi"), methods=["GET"], include_in_schema=False),
+        Route("/docs", labelled(docs, "docs"), methods=["GET"], include_in_schema=False),
+        Route("/docs/static/{name}", labelled(docs_file, "docs"), methods=["GET"], include_in_schema=False),
+    ]
+    if settings.metrics != "off":
+        routes.append(Route("/metrics", labelled(metrics, "metrics"), methods=["GET"], include_in_schema=False))
+    return routes
