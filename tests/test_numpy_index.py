@@ -249,6 +249,22 @@ def test_packed_loading_matches_int_loading_and_later_pairs_win() -> None:
             assert index.nearest(query, 7) == brute_force(items, query)[:7]
 
 
+@pytest.mark.parametrize("nbits", [961, 64])
+def test_keys_beyond_32_bits_are_kept_whole(nbits: int) -> None:
+    """Keys are held as int32 when every one fits (half the memory); a key past 2**31 keeps them int64."""
+    rng = random.Random(8)
+    values = [rng.getrandbits(nbits) for _ in range(200)]
+    for keys in ([*range(199), 2**31 - 1], [*range(199), 2**31], [*range(199), -(2**40)]):
+        items = dict(zip(keys, values, strict=True))
+        index = NumpyTreeIndex(nbits)
+        index.bulk_load(items.items())
+        for query in values[-3:]:
+            bits, found = index.nearest_arrays(query, 5)
+            assert found.dtype == np.int64
+            assert [Hit(int(b), int(k)) for b, k in zip(bits, found, strict=True)] == brute_force(items, query)[:5]
+            assert index.search(query, nbits // 2) == brute_force(items, query, nbits // 2)
+
+
 def test_values_must_fit() -> None:
     index = NumpyTreeIndex(961)
     with pytest.raises(ValueError):
