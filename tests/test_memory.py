@@ -15,7 +15,7 @@ def _resident_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc", reason="glibc only")
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_freed_heap_memory_is_returned_to_the_system() -> None:
     # Many mid-sized blocks come from the heap (below glibc's mmap threshold); freeing all but the last keeps the
     # heap's top in use, so glibc cannot shrink it by itself and the free pages below stay resident.
