@@ -97,7 +97,7 @@ def test_the_document_covers_every_api_route_and_only_those(client: TestClient) 
     api = {(verb, path) for verb, path, included in served if included}
     documented = {(verb.upper(), path) for path, item in document["paths"].items() for verb in item}
     assert documented == api
-    assert len(api) == 17  # 15 paths; ping answers GET and POST, /v2/collections GET and POST
+    assert len(api) == 19  # 16 paths; ping, thumbnail and /v2/collections answer GET and POST
     assert all(path.startswith("/v2/") for _, path in api)
 
 
