@@ -11,6 +11,7 @@ it:
 
 - the database is unavailable (down, restarting, busy past the retries): 503 with ``Retry-After``, one log line;
 - the collection was deleted while a write was on its way: 404;
+- still running when the drain timeout after SIGTERM ran out (uvicorn cancels it): 503 with ``Retry-After``;
 - anything else: 500 with the request_id, and the traceback in the log.
 
 The response's start is held back until its first body chunk, so a streamed body that fails before producing
@@ -22,6 +23,7 @@ status that it decides; it is the one owner of the request id, which they read f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -64,6 +66,20 @@ class Guard:
 
         try:
             await self.app(scope, receive, send_when_body)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when the drain timeout after SIGTERM runs out (the only
+            # time it cancels a request), and would answer a bare 500. The work was not done (or not acknowledged):
+            # say so with a 503, so the caller retries on another replica, and let the task end normally.
+            if body_started:
+                log.warning("request_id %s: cut by the shutdown after it began", context.request_id, extra=_id(context))
+                return
+            text = "request_id %s: 503, still running when the drain timeout ran out"
+            log.warning(text, context.request_id, extra=_id(context))
+            response = context.respond({}, 503, "The server is shutting down; retry shortly")
+            response.headers["Retry-After"] = "1"
+            response.headers["X-Request-ID"] = context.request_id
+            await response(scope, receive, send)
+            return
         except Exception as exc:
             status, text, retry_after = self._classify(exc, context)
             if body_started:
