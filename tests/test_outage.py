@@ -69,8 +69,10 @@ async def _outage(load: Load, database: PrivatePostgres) -> tuple[list[Result], 
     task = asyncio.create_task(load.run(600.0, stop))
     try:
         await asyncio.sleep(BEFORE)
-        stopped_at = time.monotonic()
         await asyncio.to_thread(database.stop)
+        # The outage starts once the server is down, not when stopping began: a request that reached Postgres
+        # while it was still shutting down may rightly succeed.
+        stopped_at = time.monotonic()
         await asyncio.sleep(OUTAGE)
         await asyncio.to_thread(database.start)
         back_at = time.monotonic()
