@@ -85,8 +85,9 @@ TUNINGS: dict[str, dict[str, object]] = {
 
 
 @contextmanager
-def tuned(name: str) -> Iterator[None]:
-    values = TUNINGS[name]
+def tuned(name: str, **extra: object) -> Iterator[None]:
+    """The module constants set to ``TUNINGS[name]`` (and ``extra``) while the block runs."""
+    values = {**TUNINGS[name], **extra}
     old = {key: getattr(tuning, key) for key in values}
     for key, value in values.items():
         setattr(tuning, key, value)

@@ -13,7 +13,8 @@ import numpy.typing as npt
 
 from matchdb.index import tuning
 from matchdb.index.blocks import BlockTables, build_tables, first_table_order
-from matchdb.index.kernels import Bools, Ints, Words, first_of_each, row_counts, stable_order
+from matchdb.index.kernels import Ints, Words, first_of_each, row_counts, stable_order
+from matchdb.index.liveness import Liveness
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Tree:
     nbits: int
     words: Words  # (n, nwords), tree order
     keys: npt.NDArray[np.signedinteger]  # (n,), tree order (int32 when they fit; read them through key_at)
-    alive: Bools  # (n,), tombstones are False; changed in place
+    alive: Liveness  # tombstones as of one generation (a new Tree shares every array but this: see liveness)
     sorted_keys: npt.NDArray[np.signedinteger]  # keys, sorted, to find a key's position (int32 when they fit)
     sorted_pos: npt.NDArray[np.int32]  # position in tree order of each of sorted_keys
     pivot: PivotTree | None
@@ -52,10 +53,10 @@ class Tree:
 
     @property
     def nbytes(self) -> int:
-        own: list[npt.NDArray[Any]] = [self.keys, self.alive, self.sorted_keys, self.sorted_pos]
+        own: list[npt.NDArray[Any]] = [self.keys, self.sorted_keys, self.sorted_pos]
         if self.blocks.words is None:  # else the words are a view of the first table's copies
             own.append(self.words)
-        extra = (self.pivot.nbytes if self.pivot else 0) + self.blocks.nbytes
+        extra = (self.pivot.nbytes if self.pivot else 0) + self.blocks.nbytes + self.alive.nbytes
         return sum(a.nbytes for a in own) + extra
 
     def key_at(self, positions: Ints) -> Ints:
@@ -111,7 +112,7 @@ def build(nbits: int, words: Words, keys: Ints, seed: int) -> Tree:
         nbits=nbits,
         words=words,
         keys=keys,
-        alive=np.ones(len(keys), np.bool_),
+        alive=Liveness(),
         sorted_keys=sorted_keys,
         sorted_pos=sorted_pos.astype(np.int32),
         pivot=pivot,

@@ -42,10 +42,15 @@ k-th distance sorted by (bits, key), so ties at the k-th place go to the smaller
 ``accept`` is applied before k.
 
 Changes: new records go to a small unsorted delta array that every search scans; deleted or replaced records
-become tombstones (a boolean mask). Past a share of either, the next change or query rebuilds from the live
-records. ``bulk_load`` into an empty index builds at once; into a non-empty one it only appends, and the next
-query pays one rebuild (so a collection streamed in batches is built once, not once per batch). Readers never
-lock: they take the current snapshot, and a rebuild swaps in a new one atomically; a lock orders the writers.
+become tombstones. Past a share of either, the next change or query rebuilds from the live records. ``bulk_load``
+into an empty index builds at once; into a non-empty one it only appends, and the next query pays one rebuild (so a
+collection streamed in batches is built once, not once per batch).
+
+Readers never lock: they take the current snapshot, and nothing they can reach through it changes afterwards. A
+lock orders the writers, who publish a new snapshot for every change: rows are appended past the delta's filled
+prefix (which a snapshot's ``delta_count`` hides), a delta that is full is grown into new arrays, tombstones are
+generation stamps (:mod:`matchdb.index.liveness`: a row killed now is still alive to every snapshot published
+before), and a rebuild builds new arrays and swaps them in as one reference.
 
 Where the parts live: ``tuning`` (sizes and thresholds), ``kernels`` (words and distances), ``blocks`` (the block
 tables: layout and probing), ``layout`` (the tree and how it is built), ``search`` (radius and k-nearest over a
@@ -63,22 +68,32 @@ import numpy.typing as npt
 
 from matchdb.index import tuning
 from matchdb.index.base import Hit
-from matchdb.index.kernels import Bools, Distance, Ints, Words, first_of_each, words_of_packed
+from matchdb.index.kernels import Distance, Ints, Words, first_of_each, words_of_packed
 from matchdb.index.layout import Tree, build
+from matchdb.index.liveness import Liveness, alive_stamps
 from matchdb.index.search import NO_HITS, Best, sorted_hits, tree_nearest, tree_range
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """What a reader needs, swapped as one reference: the tree and the delta's filled prefix."""
+    """What a reader needs, swapped as one reference: the tree (with its tombstones as of ``generation``) and the
+    delta's filled prefix (its tombstones as of the same generation). Immutable to readers (see the module
+    docstring)."""
 
     tree: Tree
     delta_words: Words  # (capacity, nwords); rows past ``delta_count`` are unused
     delta_keys: Ints
-    delta_alive: Bools
+    delta_alive: Liveness  # stamps of the delta's rows (capacity)
     delta_count: int
-    dead: int  # tombstones in the tree
     live: int
+
+    @property
+    def generation(self) -> int:
+        return self.tree.alive.generation
+
+    def live_delta(self) -> Ints:
+        """Rows of the delta alive in this snapshot."""
+        return np.flatnonzero(self.delta_alive.prefix(self.delta_count))
 
 
 class NumpyTreeIndex:
@@ -105,9 +120,8 @@ class NumpyTreeIndex:
             tree=tree,
             delta_words=np.zeros((capacity, self.nwords), np.uint64),
             delta_keys=np.zeros(capacity, np.int64),
-            delta_alive=np.zeros(capacity, np.bool_),
+            delta_alive=Liveness(alive_stamps(capacity)),
             delta_count=0,
-            dead=0,
             live=tree.size,
         )
 
@@ -125,7 +139,7 @@ class NumpyTreeIndex:
     @property
     def tombstones(self) -> int:
         snap = self._snap
-        return snap.dead + int(snap.delta_count - snap.delta_alive[: snap.delta_count].sum())
+        return snap.tree.alive.dead + snap.delta_alive.dead
 
     # ----- conversions -------------------------------------------------------------------------------------------
 
@@ -154,7 +168,7 @@ class NumpyTreeIndex:
                 return
             if delta_pos >= 0 and np.array_equal(snap.delta_words[delta_pos], words):
                 return
-            snap = self._append(self._kill(snap, tree_pos, delta_pos), np.array([key], np.int64), words[None, :])
+            snap = self._append(self._kill_one(snap, tree_pos, delta_pos), np.array([key], np.int64), words[None, :])
             self._snap = snap
             self._rebuild_if_due(snap)
 
@@ -164,7 +178,7 @@ class NumpyTreeIndex:
             tree_pos, delta_pos = self._locate(snap, key)
             if tree_pos < 0 and delta_pos < 0:
                 return
-            self._snap = snap = self._kill(snap, tree_pos, delta_pos)
+            self._snap = snap = self._kill_one(snap, tree_pos, delta_pos)
             self._rebuild_if_due(snap)
 
     def bulk_load(self, items: Iterable[tuple[int, int]]) -> None:
@@ -202,63 +216,78 @@ class NumpyTreeIndex:
                 self._builds += 1
                 self._snap = self._fresh(build(self.nbits, words, key_array, self._builds))
                 return
-            tree = snap.tree
-            pos = tree.positions_of(key_array)
+            pos = snap.tree.positions_of(key_array)
             pos = pos[pos >= 0]
-            pos = pos[tree.alive[pos]]
-            tree.alive[pos] = False
-            dead = len(pos)
+            pos = pos[snap.tree.alive.at(pos)]
             count = snap.delta_count
-            delta_hit = np.isin(snap.delta_keys[:count], key_array) & snap.delta_alive[:count]
-            snap.delta_alive[:count][delta_hit] = False
-            killed = dead + int(delta_hit.sum())
-            snap = replace(snap, dead=snap.dead + dead, live=snap.live - killed)
-            self._snap = self._append(snap, key_array, words)
+            delta_hit = np.flatnonzero(np.isin(snap.delta_keys[:count], key_array) & snap.delta_alive.prefix(count))
+            self._snap = self._append(self._kill(snap, pos, delta_hit), key_array, words)
 
     def _locate(self, snap: _Snapshot, key: int) -> tuple[int, int]:
         """(tree position, delta position) of the live record of ``key``; -1 where it is not."""
         tree = snap.tree
         tree_pos = int(tree.positions_of(np.array([key], np.int64))[0])
-        if tree_pos >= 0 and not tree.alive[tree_pos]:
+        if tree_pos >= 0 and not tree.alive.is_alive(tree_pos):
             tree_pos = -1
         delta_pos = -1
         if tree_pos < 0 and snap.delta_count:
             count = snap.delta_count
-            where = np.flatnonzero((snap.delta_keys[:count] == key) & snap.delta_alive[:count])
+            where = np.flatnonzero((snap.delta_keys[:count] == key) & snap.delta_alive.prefix(count))
             if len(where):
                 delta_pos = int(where[0])
         return tree_pos, delta_pos
 
-    def _kill(self, snap: _Snapshot, tree_pos: int, delta_pos: int) -> _Snapshot:
+    def _kill_one(self, snap: _Snapshot, tree_pos: int, delta_pos: int) -> _Snapshot:
+        none = np.empty(0, np.int64)
         if tree_pos >= 0:
-            snap.tree.alive[tree_pos] = False
-            return replace(snap, dead=snap.dead + 1, live=snap.live - 1)
+            return self._kill(snap, np.array([tree_pos], np.int64), none)
         if delta_pos >= 0:
-            snap.delta_alive[delta_pos] = False
-            return replace(snap, live=snap.live - 1)
+            return self._kill(snap, none, np.array([delta_pos], np.int64))
         return snap
 
+    def _kill(self, snap: _Snapshot, tree_rows: Ints, delta_rows: Ints) -> _Snapshot:
+        """The snapshot of the next generation, in which these live rows are dead (the current one still sees
+        them alive: see :mod:`matchdb.index.liveness`)."""
+        if not len(tree_rows) and not len(delta_rows):
+            return snap
+        generation = snap.generation + 1
+        tree, delta = snap.tree, snap.delta_alive
+        if len(tree_rows):
+            stamps = tree.alive.stamps if tree.alive.stamps is not None else alive_stamps(tree.size)
+            tree = replace(tree, alive=tree.alive.killed(stamps, tree_rows, generation))
+        else:
+            tree = replace(tree, alive=tree.alive.at_generation(generation))
+        if len(delta_rows):
+            assert delta.stamps is not None
+            delta = delta.killed(delta.stamps, delta_rows, generation)
+        else:
+            delta = delta.at_generation(generation)
+        return replace(snap, tree=tree, delta_alive=delta, live=snap.live - len(tree_rows) - len(delta_rows))
+
     def _append(self, snap: _Snapshot, keys: Ints, words: Words) -> _Snapshot:
-        """Write rows past the delta's filled prefix (readers do not look there), growing it by copy if full."""
+        """Write rows past the delta's filled prefix (readers do not look there), growing it by copy if full.
+
+        Rows past the prefix are alive (their stamps were never written), so appended rows need no stamp."""
         count, extra = snap.delta_count, len(keys)
         if count + extra > len(snap.delta_keys):
             capacity = max(2 * len(snap.delta_keys), count + extra)
             grown_words = np.zeros((capacity, self.nwords), np.uint64)
             grown_keys = np.zeros(capacity, np.int64)
-            grown_alive = np.zeros(capacity, np.bool_)
+            grown_stamps = alive_stamps(capacity)
             grown_words[:count] = snap.delta_words[:count]
             grown_keys[:count] = snap.delta_keys[:count]
-            grown_alive[:count] = snap.delta_alive[:count]
-            snap = replace(snap, delta_words=grown_words, delta_keys=grown_keys, delta_alive=grown_alive)
+            assert snap.delta_alive.stamps is not None
+            grown_stamps[:count] = snap.delta_alive.stamps[:count]
+            alive = replace(snap.delta_alive, stamps=grown_stamps)
+            snap = replace(snap, delta_words=grown_words, delta_keys=grown_keys, delta_alive=alive)
         snap.delta_words[count : count + extra] = words
         snap.delta_keys[count : count + extra] = keys
-        snap.delta_alive[count : count + extra] = True
         return replace(snap, delta_count=count + extra, live=snap.live + extra)
 
     def _due(self, snap: _Snapshot) -> bool:
         size = snap.tree.size
         too_many_new = snap.delta_count > max(tuning.DELTA_MIN, tuning.DELTA_SHARE * size)
-        return too_many_new or snap.dead > max(tuning.DELTA_MIN, tuning.DEAD_SHARE * size)
+        return too_many_new or snap.tree.alive.dead > max(tuning.DELTA_MIN, tuning.DEAD_SHARE * size)
 
     def _rebuild_if_due(self, snap: _Snapshot) -> None:
         if self._due(snap):
@@ -268,10 +297,10 @@ class NumpyTreeIndex:
         """Rebuild the tree from the live records; readers keep the old snapshot until the new one is swapped in."""
         with self._lock:
             snap = self._snap
-            tree, count = snap.tree, snap.delta_count
-            alive = snap.delta_alive[:count]
-            words = np.concatenate([tree.words[tree.alive], snap.delta_words[:count][alive]])
-            keys = np.concatenate([tree.keys[tree.alive], snap.delta_keys[:count][alive]])
+            tree, live = snap.tree, snap.live_delta()
+            alive = tree.alive.prefix(tree.size)
+            words = np.concatenate([tree.words[alive], snap.delta_words[live]])
+            keys = np.concatenate([tree.keys[alive], snap.delta_keys[live]])
             self._builds += 1
             self._snap = self._fresh(build(self.nbits, words, keys, self._builds))
 
@@ -312,7 +341,7 @@ class NumpyTreeIndex:
         count = snap.delta_count
         if count:
             delta_bits = distance(snap.delta_words[:count])
-            near = np.flatnonzero((delta_bits <= radius) & snap.delta_alive[:count])
+            near = np.flatnonzero((delta_bits <= radius) & snap.delta_alive.prefix(count))
             bits = np.concatenate([bits, delta_bits[near].astype(np.int64)])
             keys = np.concatenate([keys, snap.delta_keys[near]])
         return sorted_hits(bits, keys, self.nbits)
@@ -338,9 +367,8 @@ class NumpyTreeIndex:
         distance = Distance(self._query_words(query))
         best = Best(k, limit, accept)
         tree = snap.tree
-        count = snap.delta_count
-        if count:
-            live = np.flatnonzero(snap.delta_alive[:count])
+        if snap.delta_count:
+            live = snap.live_delta()
             best.offer(tree.size + live, distance(snap.delta_words[live]), snap.delta_keys[live])
         tree_nearest(tree, distance, best)
         return best.bits, best.keys

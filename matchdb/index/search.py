@@ -101,19 +101,19 @@ def tree_range(tree: Tree, distance: Distance, radius: int) -> tuple[Ints, Ints]
         hits = block_hits(tree.blocks, tree.words, distance, parts, (0, radius), radius, _block_budget(tree))
         if hits is not None:
             pos, bits, _ = hits
-            alive = tree.alive[pos]
+            alive = tree.alive.at(pos)
             return bits[alive], tree.key_at(pos[alive])
     if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[0]:
         found = _pivot_runs(tree, distance, radius)
     if found is None:  # pruning keeps too much: a plain scan is faster
         counts = distance(tree.words)
         pos = np.flatnonzero(counts <= radius)
-        pos = pos[tree.alive[pos]]
+        pos = pos[tree.alive.at(pos)]
         return counts[pos].astype(np.int64), tree.key_at(pos)
     counts = distance(np.take(tree.words, found, axis=0))
     near = np.flatnonzero(counts <= radius)
     pos = found[near]
-    alive = tree.alive[pos]
+    alive = tree.alive.at(pos)
     return counts[near][alive].astype(np.int64), tree.key_at(pos[alive])
 
 
@@ -183,7 +183,7 @@ def _offer_positions(tree: Tree, distance: Distance, best: Best, found: Ints) ->
     bits = distance(np.take(tree.words, found, axis=0))
     near = np.flatnonzero(bits <= best.radius)
     pos = found[near]
-    alive = tree.alive[pos]
+    alive = tree.alive.at(pos)
     best.offer(pos[alive], bits[near][alive], tree.key_at(pos[alive]))
 
 
@@ -204,7 +204,7 @@ def _block_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
         if hits is None:
             return False
         pos, bits, _ = hits
-        alive = tree.alive[pos]
+        alive = tree.alive.at(pos)
         best.offer(pos[alive], bits[alive], tree.key_at(pos[alive]))
         done, width = high, count
     return True
@@ -228,7 +228,7 @@ def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:
     for level in range(levels):
         near = distance(np.take(pivot.pivots[level], frontier, axis=0)).astype(np.int64)
         pivot_pos = pivot.pivot_pos[level][frontier]
-        live = tree.alive[pivot_pos]
+        live = tree.alive.at(pivot_pos)
         best.offer(pivot_pos[live], near[live], tree.key_at(pivot_pos[live]))
         if level == levels - 1:
             break
@@ -302,8 +302,8 @@ def _linear_nearest(tree: Tree, distance: Distance, best: Best) -> None:
     With ``accept``, records are offered in growing shells of distance, so it is asked about few beyond the k-th.
     """
     bits = distance(tree.words)
-    clean = bool(tree.alive.all())  # no tombstones: skip the masks (one fast pass decides)
-    counts = np.bincount(bits if clean else bits[tree.alive], minlength=tree.nbits + 1)
+    clean = tree.alive.clean  # no tombstones: skip the masks
+    counts = np.bincount(bits if clean else bits[tree.alive.prefix(tree.size)], minlength=tree.nbits + 1)
     histogram = np.cumsum(counts[: best.radius + 1])
     total = int(histogram[-1])
     wanted = best.k if best.accept is None else 4 * best.k
@@ -311,7 +311,7 @@ def _linear_nearest(tree: Tree, distance: Distance, best: Best) -> None:
         shell = int(np.searchsorted(histogram, min(wanted, total), side="left"))
         pos = np.flatnonzero(bits <= shell)
         if not clean:
-            pos = pos[tree.alive[pos]]
+            pos = pos[tree.alive.at(pos)]
         best.offer(pos, bits[pos], tree.key_at(pos))
         # done once every record within the k-th distance was offered
         if best.radius <= shell or wanted >= total:
