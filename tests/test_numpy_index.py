@@ -83,6 +83,8 @@ TUNINGS: dict[str, dict[str, object]] = {
     },
 }
 
+TUNINGS["numpy-scan"] = {**TUNINGS["always-scan"], "COMPILED_SCAN": False}  # numpy's scan, not the compiled one
+
 
 @contextmanager
 def tuned(name: str, **extra: object) -> Iterator[None]:

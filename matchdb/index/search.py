@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from matchdb.index import tuning
+from matchdb.index import scan, tuning
 from matchdb.index.blocks import NO_HITS, block_hits
 from matchdb.index.kernels import Counts, Distance, Ints, first_of_each, runs
 from matchdb.index.layout import Tree
@@ -105,7 +105,10 @@ def tree_range(tree: Tree, distance: Distance, radius: int) -> tuple[Ints, Ints]
             return bits[alive], tree.key_at(pos[alive])
     if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[0]:
         found = _pivot_runs(tree, distance, radius)
-    if found is None:  # pruning keeps too much: a plain scan is faster
+    if found is None and scan.available():  # pruning keeps too much: a plain scan is faster
+        pos, bits = scan.scan(tree.words, distance.query, tree.alive, tree.nbits, radius)
+        return bits, tree.key_at(pos)
+    if found is None:
         counts = distance(tree.words)
         pos = np.flatnonzero(counts <= radius)
         pos = pos[tree.alive.at(pos)]
@@ -297,6 +300,23 @@ def _most_pass(tree: Tree, leaves: Ints, near: Ints, radius: int) -> bool:
 
 def _linear_nearest(tree: Tree, distance: Distance, best: Best) -> None:
     """k nearest by scanning every record: when the filter would keep most of them anyway.
+
+    Compiled (:mod:`matchdb.index.scan`): the scan keeps the k nearest (ties included) and ``best`` takes them.
+    With ``accept``, the scan keeps the 4k nearest, then 16k ..., until the k-th accepted one is nearer than the
+    farthest kept (or every record within the limit was kept). Without numba, numpy as below."""
+    if scan.available():
+        wanted = best.k if best.accept is None else 4 * best.k
+        while True:
+            pos, bits = scan.scan(tree.words, distance.query, tree.alive, tree.nbits, best.radius, wanted)
+            best.offer(pos, bits, tree.key_at(pos))
+            if best.accept is None or len(pos) < wanted or best.radius <= int(bits.max()):
+                return
+            wanted *= 4
+    _numpy_linear_nearest(tree, distance, best)
+
+
+def _numpy_linear_nearest(tree: Tree, distance: Distance, best: Best) -> None:
+    """k nearest by scanning every record with numpy.
 
     The k-th distance comes from a histogram of the distances (``bincount``, linear) rather than a partition.
     With ``accept``, records are offered in growing shells of distance, so it is asked about few beyond the k-th.

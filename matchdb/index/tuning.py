@@ -30,3 +30,4 @@ SMALL_PIVOTS = (3_000, 100_000)
 DELTA_MIN = 2048  # the delta may always hold this many records before a rebuild ...
 DELTA_SHARE = 1 / 32  # ... or this share of the tree
 DEAD_SHARE = 0.25  # rebuild once this share of the tree is tombstones
+COMPILED_SCAN = True  # scan with the compiled kernel (matchdb.index.scan) when numba is there; else with numpy
