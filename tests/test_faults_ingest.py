@@ -141,3 +141,23 @@ def test_a_stopped_ingest_stores_what_it_did_says_how_far_and_resumes(
     assert result.returncode == 0, result.stderr
     assert counts(result) == (IMAGES - done, 0, done, 0)
     _assert_every_image_stored_once(database_url, folder)
+
+
+def test_ctrl_c_before_the_run_starts_exits_130_in_words(tmp_path: Path) -> None:
+    """Issue 26: Ctrl-C in the first half second (while the inputs are listed) printed click's "Aborted!" and
+    exited 1. The manifest here is a named pipe: reading it blocks until the test writes, so the signal lands,
+    for certain, while ``ingest`` is still listing its inputs."""
+    manifest = tmp_path / "manifest.csv"
+    os.mkfifo(manifest)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matchdb", "ingest", "--create", "--collection", "k", str(manifest)],
+        env={**os.environ, "MATCHDB_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with open(manifest, "w"):  # returns once ingest has opened the pipe to read it
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip() == "matchdb ingest: interrupted by SIGINT before any image was stored"

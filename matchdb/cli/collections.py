@@ -130,6 +130,24 @@ def ingest_command(
     Ctrl-C or SIGTERM stops it cleanly: what is done is stored, it says how far it got, and exits 130 or 143.
     The exit status is 1 if any item failed (see --report).
     """
+    try:
+        _ingest(paths, key, workspace, create, jobs, batch_size, report, scheduler)
+    except KeyboardInterrupt:  # Ctrl-C before the run took over SIGINT (listing, forking, opening the database)
+        click.echo("matchdb ingest: interrupted by SIGINT before any image was stored", err=True)
+        sys.exit(128 + signal.SIGINT)
+
+
+def _ingest(
+    paths: tuple[Path, ...],
+    key: str,
+    workspace: str | None,
+    create: bool,
+    jobs: int | None,
+    batch_size: int,
+    report: Path | None,
+    scheduler: str | None,
+) -> None:
+    """The command's work; Ctrl-C during the run is handled by the run itself (what is done is stored)."""
     from matchdb.service import ingest as service
     from matchdb.service.inputs import discover
 
