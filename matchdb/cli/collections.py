@@ -3,11 +3,13 @@ and read from the database directly (no server needed). The logic lives in :mod:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,56 +132,49 @@ def ingest_command(
     Ctrl-C or SIGTERM stops it cleanly: what is done is stored, it says how far it got, and exits 130 or 143.
     The exit status is 1 if any item failed (see --report).
     """
+    with _early_ctrl_c():  # until the run takes over SIGINT (listing, forking, opening the database)
+        from matchdb.service import ingest as service
+        from matchdb.service.inputs import discover
+
+        settings = load_settings()
+        report = report or _default_report(settings.database_url, key)
+        if scheduler is not None:
+            if jobs is not None:
+                raise click.UsageError("-j does not apply with --dask-scheduler: the cluster's workers do the hashing")
+            _ingest_on_cluster(scheduler, settings, paths, key, workspace, create, batch_size, report)
+            return
+        items = discover(paths)
+        workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
+        with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
+            engine = open_engine(settings)
+            info = resolve_collection(engine, workspace, key, create, can_create=True)
+            with (
+                progress(len(items), "img", "ingest") as bar,
+                service.FailureReport(report) as failures,
+            ):
+                summary = service.run_ingest(
+                    engine,
+                    info.id,
+                    items,
+                    pool=pool,
+                    jobs=workers,
+                    settings=settings,
+                    batch_size=batch_size,
+                    on_progress=lambda _status: bar.update(),
+                    on_failure=failures,
+                    stop_signals=(signal.SIGINT, signal.SIGTERM),
+                )
+        _finish(summary, failures)
+
+
+@contextlib.contextmanager
+def _early_ctrl_c() -> Iterator[None]:
+    """Ctrl-C before the run handles it itself: one line and exit 130, as for a Ctrl-C during the run."""
     try:
-        _ingest(paths, key, workspace, create, jobs, batch_size, report, scheduler)
-    except KeyboardInterrupt:  # Ctrl-C before the run took over SIGINT (listing, forking, opening the database)
+        yield
+    except KeyboardInterrupt:
         click.echo("matchdb ingest: interrupted by SIGINT before any image was stored", err=True)
         sys.exit(128 + signal.SIGINT)
-
-
-def _ingest(
-    paths: tuple[Path, ...],
-    key: str,
-    workspace: str | None,
-    create: bool,
-    jobs: int | None,
-    batch_size: int,
-    report: Path | None,
-    scheduler: str | None,
-) -> None:
-    """The command's work; Ctrl-C during the run is handled by the run itself (what is done is stored)."""
-    from matchdb.service import ingest as service
-    from matchdb.service.inputs import discover
-
-    settings = load_settings()
-    report = report or _default_report(settings.database_url, key)
-    if scheduler is not None:
-        if jobs is not None:
-            raise click.UsageError("-j does not apply with --dask-scheduler: the cluster's workers do the hashing")
-        _ingest_on_cluster(scheduler, settings, paths, key, workspace, create, batch_size, report)
-        return
-    items = discover(paths)
-    workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
-    with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
-        engine = open_engine(settings)
-        info = resolve_collection(engine, workspace, key, create, can_create=True)
-        with (
-            progress(len(items), "img", "ingest") as bar,
-            service.FailureReport(report) as failures,
-        ):
-            summary = service.run_ingest(
-                engine,
-                info.id,
-                items,
-                pool=pool,
-                jobs=workers,
-                settings=settings,
-                batch_size=batch_size,
-                on_progress=lambda _status: bar.update(),
-                on_failure=failures,
-                stop_signals=(signal.SIGINT, signal.SIGTERM),
-            )
-    _finish(summary, failures)
 
 
 def _ingest_on_cluster(
