@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import inspect
+import logging
 import math
 import os
 import shutil
@@ -105,6 +106,9 @@ def run(listener: socket.socket, workers: int, drain_timeout: float = 30.0) -> N
         timeout_graceful_shutdown=math.ceil(drain_timeout),
         access_log=False,  # the app writes its own (matchdb.web.observe), with the request_id
     )
+    # uvicorn says where it listens only when it binds the socket itself: say it here, in its words.
+    shown = f"[{host}]" if listener.family == socket.AF_INET6 else host
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
     if workers > 1:
         supervisor: Any = Supervisor  # older uvicorn releases (the pyproject allows >= 0.30) also take the target
         with metrics_folder():
