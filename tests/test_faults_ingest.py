@@ -161,3 +161,29 @@ def test_ctrl_c_before_the_run_starts_exits_130_in_words(tmp_path: Path) -> None
         _out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert err.strip() == "matchdb ingest: interrupted by SIGINT before any image was stored"
+
+
+CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+class CtrlC:  # a real SIGINT, delivered as the commands start being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "matchdb.cli.root":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["matchdb", "ingest", "--collection", "k", "."]
+from matchdb.cli import run
+run()
+"""
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130() -> None:
+    """Earlier still (the first 0.3 s): Ctrl-C while Python imports the commands printed the import machinery's
+    traceback. The console script (``matchdb.cli:run``) and ``python -m matchdb`` catch it."""
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "matchdb: interrupted while starting\n"
