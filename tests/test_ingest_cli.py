@@ -268,6 +268,9 @@ def test_jsonl_manifest_with_files_and_urls(tmp_path: Path, folder: Path, image_
     report = [json.loads(line) for line in only_report(tmp_path).read_text().splitlines()]
     assert report == [{"_id": "gone", "source": f"{base}/missing.png", "error": f"HTTP 404 from '{base}/missing.png'"}]
     assert "matchdb ingest: 1 failure, by reason:\n       1  HTTP 404 from '...'\n" in result.stderr
+    assert "MATCHDB_FETCH_ALLOW" not in result.stderr  # allowed here: no hint about the SSRF guard
+    refused = run(url, "ingest", "--collection", "shop", str(manifest), cwd=tmp_path)  # without the setting
+    assert "MATCHDB_FETCH_ALLOW=HOST:PORT opens one" in refused.stderr
     records = stored(url, "shop")
     assert records["shoe-1"].attributes == {"price": 12, "tags": ["red", "sale"]}  # computed fields are not kept
     assert records["7"].attributes == {"price": 9.5, "in_stock": True}

@@ -243,6 +243,12 @@ def _show_failures(failures: FailureReport) -> None:
     for failure in failures.examples:
         click.echo(f"  {failure.source}: {failure.error}", err=True)
     click.echo(f"all of them, as JSON lines: {failures.path}", err=True)
+    if any(reason.startswith("URL not allowed") for reason in failures.reasons):
+        click.echo(
+            "URLs of a local or private image store are refused (SSRF guard): MATCHDB_FETCH_ALLOW=HOST:PORT opens "
+            "one (docs/configuration.md)",
+            err=True,
+        )
 
 
 @click.command("query")
