@@ -1,5 +1,5 @@
 """``python -m matchdb`` runs the CLI."""
 
-from matchdb.cli.root import main
+from matchdb.cli import run
 
-main()
+run()

@@ -1,6 +1,7 @@
 """Shared fixtures. Tests that need outside resources read them from the environment and skip without them:
-MATCHDB_TEST_CORPUS (the photo corpus), MATCHDB_TEST_DATABASE_URL (Postgres), MATCHDB_TEST_CHROMIUM (a browser).
-CI provides all three and fails if any such test is skipped."""
+MATCHDB_TEST_CORPUS (the photo corpus), MATCHDB_TEST_SPEC (Ximilar's API text), MATCHDB_TEST_DATABASE_URL
+(Postgres), MATCHDB_TEST_CHROMIUM (a browser). CI provides all four and fails if any such test is skipped; the end
+of any run says which groups were skipped and why (docs/development.md: how to provide each)."""
 
 from __future__ import annotations
 
@@ -63,11 +64,28 @@ def private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 
 # In CI (MATCHDB_TEST_STRICT=1) every test must run: a skip means a resource CI should provide is missing.
 _skipped: list[str] = []
+_skip_reasons: dict[str, list[str]] = {}  # reason -> node ids
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:
         _skipped.append(report.nodeid)
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _skip_reasons.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per reason tests were skipped, with how many and from which files, so a contributor's run says
+    what it did not test (a fresh clone skips about 80 tests) and docs/development.md says how to run them."""
+    if not _skip_reasons:
+        return
+    terminalreporter.section(f"skipped: {len(_skipped)} tests, by reason")
+    for reason, nodeids in sorted(_skip_reasons.items(), key=lambda item: -len(item[1])):
+        files = sorted({nodeid.split("::")[0].removeprefix("tests/") for nodeid in nodeids})
+        shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+        terminalreporter.write_line(f"{len(nodeids):>4}  {reason}  [{shown}]")
+    terminalreporter.write_line("How to provide what they need and run them: docs/development.md")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -69,6 +69,8 @@ class _HTTPServer(ThreadingHTTPServer):
     images: Mapping[str, bytes]
     redirects: Mapping[str, str]
     delays: Mapping[str, float]
+    together: frozenset[str]
+    barrier: threading.Barrier | None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -93,6 +95,12 @@ class _Handler(BaseHTTPRequestHandler):
             delay = self.server.delays.get(path)
             if delay:
                 time.sleep(delay)
+            if path in self.server.together and self.server.barrier is not None:
+                try:
+                    self.server.barrier.wait()
+                except threading.BrokenBarrierError:
+                    self._send(503, b"these downloads never overlapped", {"Content-Type": "text/plain"})
+                    return
             if path in self.server.images:
                 kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
                 self._send(200, self.server.images[path], {"Content-Type": kind})
@@ -109,11 +117,14 @@ def image_server(
     images: Mapping[str, bytes],
     redirects: Mapping[str, str] | None = None,
     delays: Mapping[str, float] | None = None,
+    together: Collection[str] = (),
 ) -> Iterator[ImageServer]:
     """Serve ``images`` (path -> bytes) on 127.0.0.1 at an ephemeral port, in a thread.
 
     ``redirects`` maps paths to a ``Location`` (answered with 302), ``delays`` maps paths to seconds to wait before
-    answering; every other path is a 404. The server handles requests concurrently.
+    answering; every other path is a 404. The server handles requests concurrently. The paths ``together`` are
+    answered only once a request for each of them is being handled at the same time (a barrier, not a clock): a
+    client that fetches them one after another gets 503s after a minute, however fast or slow the machine.
     """
     httpd = _HTTPServer((LOOPBACK, 0), _Handler)
     state = ImageServer(port=int(httpd.server_address[1]))
@@ -121,6 +132,8 @@ def image_server(
     httpd.images = dict(images)
     httpd.redirects = dict(redirects or {})
     httpd.delays = dict(delays or {})
+    httpd.together = frozenset(together)
+    httpd.barrier = threading.Barrier(len(httpd.together), timeout=60) if httpd.together else None
     thread = threading.Thread(target=httpd.serve_forever, name="image-server", daemon=True)
     thread.start()
     try:

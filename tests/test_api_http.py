@@ -7,7 +7,6 @@ Expected hashes are computed in the test process with :func:`matchdb.hashing.has
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,6 @@ SERVICE_INFO = {
     "_name": "Image matching service",
     "_info": "Get visual hashes, find (near-)duplicate images and rank them",
 }
-SLOW_DELAY = 1.0  # seconds the image server waits before answering a /slow/ path
 CONCURRENT = 6
 MAX_RECORDS = 20  # MATCHDB_MAX_RECORDS of the server
 MAX_BODY = 1_000_000  # MATCHDB_MAX_BODY_BYTES of the server
@@ -67,9 +65,10 @@ class Env:
 def env() -> Iterator[Env]:
     dead_port = closed_port()
     redirects = {"/redirect-away": f"http://127.0.0.1:{closed_port()}/x.png"}
-    delays = {path: SLOW_DELAY for path in IMAGES if path.startswith("/slow/")}
-    with image_server(IMAGES, redirects=redirects, delays=delays) as images:
+    together = [path for path in IMAGES if path.startswith("/slow/")]  # answered only once all are being fetched
+    with image_server(IMAGES, redirects=redirects, together=together) as images:
         settings = {
+            "MATCHDB_FETCH_READ_TIMEOUT": "120",  # the /slow/ downloads wait for each other, up to a minute
             "MATCHDB_FETCH_ALLOW": f"{images.allow},127.0.0.1:{dead_port}",
             "MATCHDB_MAX_RECORDS": str(MAX_RECORDS),
             "MATCHDB_MAX_BODY_BYTES": str(MAX_BODY),
@@ -105,7 +104,7 @@ def check_envelope(body: dict[str, Any], code: int = 200, text: str = "OK") -> s
     assert is_uuid4(status["request_id"]) and is_uuid4(status["proc_id"])
     elapsed = body["statistics"]["processing time"]
     assert isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool)
-    assert 0 <= elapsed < 60
+    assert elapsed >= 0  # seconds this request took: a measure, never a bound on this machine's speed
     request_id: str = status["request_id"]
     return request_id
 
@@ -420,26 +419,25 @@ def test_rank_images_ties_in_request_order(env: Env) -> None:
 
 
 def test_concurrent_requests_are_served_in_parallel(env: Env) -> None:
-    """One worker process, 6 requests whose images each take SLOW_DELAY s to download: served together, not
-    one after the other, and each answer belongs to its own request."""
+    """One worker process, 6 requests whose images the image server answers only once all 6 downloads are under way
+    at the same time (a barrier): served together, not one after the other, and each answer belongs to its own
+    request. Served one at a time, the first download would wait for the others that never come, and get a 503
+    after a minute: an order of events, not a speed, so a loaded machine does not fail it."""
     paths = [f"/slow/{i}.png" for i in range(CONCURRENT)]
 
     def one(path: str) -> tuple[str, dict[str, Any]]:
-        with httpx.Client(base_url=str(env.client.base_url), timeout=30.0) as client:
+        with httpx.Client(base_url=str(env.client.base_url), timeout=300.0) as client:
             response = client.post("/v2/visual_hash", json={"records": [{"_url": env.images.url(path), "_id": path}]})
         assert response.status_code == 200, response.text
         return path, response.json()
 
-    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
         results = list(pool.map(one, paths))
-    elapsed = time.monotonic() - started
     for path, body in results:
-        check_envelope(body)
         (record,) = body["records"]
+        assert record["_status"]["code"] == 200, f"the downloads did not overlap: {record['_status']}"
+        check_envelope(body)
         assert record["_id"] == path
         assert record["bmh1"] == HASHES[path].hashes["bmh1"].to_string()
         assert record["phash"] == HASHES[path].hashes["phash"].to_string()
     assert len({body["status"]["request_id"] for _, body in results}) == CONCURRENT
-    # Served one after the other they would take at least SLOW_DELAY * CONCURRENT; allow a loaded machine the rest.
-    assert elapsed < SLOW_DELAY * (CONCURRENT - 1), f"{CONCURRENT} requests took {elapsed:.2f} s: serialised?"

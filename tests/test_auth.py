@@ -4,7 +4,9 @@ refusal to expose an open API beyond loopback. Real servers and real CLI subproc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -57,8 +59,11 @@ def create_token(database_url: str, *extra: str) -> Token:
     return Token(value, int(found.group(1)))
 
 
-def revoke(database_url: str, key: str) -> None:
-    assert "revoked 1 token" in cli(database_url, "token", "revoke", key).stdout
+def revoke(database_url: str, key: str) -> str:
+    """Revoke by ``key``; returns what the CLI said on stderr."""
+    result = cli(database_url, "token", "revoke", key)
+    assert "revoked 1 token" in result.stdout
+    return result.stderr
 
 
 def ping(client: httpx.Client | TestClient, authorization: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -168,6 +173,35 @@ def test_missing_or_wrong_token_is_401(secured: Secured, authorization: str | No
     assert visual_hash_status(secured.client, authorization) == 401
 
 
+def test_a_refusal_says_where_tokens_come_from(secured: Secured) -> None:
+    for authorization in (None, "Token wrong-token"):
+        _http, body = ping(secured.client, authorization)
+        assert "`matchdb token create`" in body["status"]["text"]
+
+
+def test_token_shown_on_the_terminal_when_stdout_is_captured(secured: Secured) -> None:
+    """``TOKEN=$(matchdb token create)`` in a terminal: stdout goes to the variable, stderr (a terminal here, a
+    pseudo-terminal) shows the token once, so the user sees what they must keep. ``-q`` shows nothing more."""
+    shown: dict[bool, tuple[str, str]] = {}
+    for quiet in (False, True):
+        leader, follower = os.openpty()
+        args = [sys.executable, "-m", "matchdb", "token", "create", *(["-q"] if quiet else [])]
+        env = matchdb_env({"MATCHDB_DATABASE_URL": secured.database_url})
+        with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=follower, text=True) as process:
+            os.close(follower)
+            stdout, _ = process.communicate(timeout=60)
+        received = b""
+        with contextlib.suppress(OSError):  # EIO once the child closed its end
+            while chunk := os.read(leader, 4096):
+                received += chunk
+        os.close(leader)
+        assert process.returncode == 0
+        shown[quiet] = (stdout.strip(), received.decode())
+    value, terminal = shown[False]
+    assert value in terminal and "not shown again" in terminal
+    assert shown[True][1] == ""
+
+
 def test_get_ping_needs_a_token_too(secured: Secured) -> None:
     response = secured.client.get(PING)
     assert response.status_code == 401 and response.json()["status"]["code"] == 401
@@ -252,7 +286,8 @@ def test_first_token_closes_open_mode_and_revoking_all_keeps_it_closed(tmp_path:
         assert_unauthorized(ping(client))
         assert_unauthorized(ping(client, "Token not-checked-in-open-mode"))
         assert_ok(ping(client, f"Token {token.value}"))
-        revoke(database_url, token.value[:12])  # by prefix this time
+        said = revoke(database_url, token.value[:12])  # by prefix this time
+        assert "no active token is left" in said and "`matchdb token create`" in said
         assert_unauthorized(ping(client))
         assert_unauthorized(ping(client, f"Token {token.value}"))
     with TestClient(create_app(settings)) as client:  # a fresh process state: still no open mode

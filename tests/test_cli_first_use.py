@@ -81,9 +81,12 @@ def test_wrong_names_list_the_collections_and_a_way_out_that_exists(folders: tup
         assert result.returncode == 1
         assert "the collections are: newcomer, " in result.stderr  # closest first
         assert "archive" in result.stderr and "zebra" in result.stderr
-    assert "matchdb collection create newcomr" in query.stderr and "--create" not in query.stderr
-    assert "create" not in delete.stderr.split("the collections are")[1]
-    assert "pass --create" in ingest.stderr
+    for result in (query, delete, ingest):  # a misspelling: the name meant, never "create the misspelling"
+        assert "did you mean 'newcomer'?" in result.stderr and "create" not in result.stderr
+    fresh = matchdb("query", "--collection", "shoes", image, cwd=first, home=home)
+    assert "matchdb collection create shoes" in fresh.stderr and "--create" not in fresh.stderr
+    fresh = matchdb("ingest", "--collection", "shoes", str(DATA), cwd=first, home=home)
+    assert "pass --create" in fresh.stderr
 
 
 def test_token_create_quiet_prints_only_the_token_and_lists_have_headers(folders: tuple[Path, Path, Path]) -> None:

@@ -81,7 +81,8 @@ def test_json_structure_counts_and_sanity(images: Path) -> None:
         rates = [p["rate"] for p in result["thresholds"]]
         assert rates == [1e-3, 1e-4, 1e-5, 0.0]
         assert [p["meaningful"] for p in result["thresholds"]] == [False, False, False, True]
-        assert result["recommended"]["rate"] == 0.0
+        assert result["recommended"] is None  # far too few images to recommend anything
+        assert result["image_pairs"] == n * (n - 1) // 2
         none = result["thresholds"][-1]
         assert none["false_matches"] == 0 and none["bits"] is not None
         jpeg = transform_stats(result, "jpeg-q90")
@@ -103,7 +104,8 @@ def test_table_output(images: Path) -> None:
     assert "Recall with no false match" in out
     assert re.search(r"^jpeg-q90 +100\.0 \(\d+\.\d-100\.0\) +100\.0 ", out, re.M)
     assert re.search(r"^flip +\d", out, re.M)
-    assert "recommended range: bmh1 " in out
+    assert "recommended range: bmh1 none (too few images); phash none (too few images)" in out
+    assert f"No range is recommended: {len(SIZES)} images make" in out and "at least 142 distinct images" in out
 
 
 def test_process_pool_gives_the_same_numbers(images: Path) -> None:
@@ -339,7 +341,9 @@ def test_threshold_at_a_rate() -> None:
     assert metrics.meaningful(0.0, 1) is True
 
 
-def test_thresholds_and_recommendation_fall_back_when_the_folder_is_small() -> None:
+def test_no_recommendation_from_a_folder_too_small_to_show_the_rate() -> None:
+    """Issue 26: 20 photos "recommended" bmh1 19.3 at FMR 1e-3, nine times the safe range. A range is recommended
+    only at 1e-4 and only from 10,000 pairs of different images (142 distinct images); never a looser fallback."""
     hist = np.zeros(65, dtype=np.int64)
     hist[20], hist[30] = 10, 19_990  # 20,000 pairs: 1e-3 is meaningful, 1e-4 is not
     points = metrics.thresholds(distances.Distinct(hist, np.zeros((2, 2), dtype=np.int16)), 64, metrics.RATES)
@@ -350,11 +354,14 @@ def test_thresholds_and_recommendation_fall_back_when_the_folder_is_small() -> N
         (0.0, True, 19),
     ]
     assert points[0].false_matches == 10 and points[0].fmr == 10 / 20_000
-    chosen = metrics.recommend(points)
-    assert chosen is not None and chosen.rate == 1e-3 and chosen.range == 45.3
-    hist[30] += 100_000  # now 1e-4 is meaningful and preferred
-    chosen = metrics.recommend(metrics.thresholds(distances.Distinct(hist, np.zeros((2, 2))), 64, metrics.RATES))
+    assert metrics.recommend(points, image_pairs=190) is None
+    assert metrics.recommend(points, image_pairs=100_000) is None  # 1e-4 not shown by the distinct pairs
+    hist[30] += 100_000  # now 1e-4 is meaningful
+    points = metrics.thresholds(distances.Distinct(hist, np.zeros((2, 2))), 64, metrics.RATES)
+    assert metrics.recommend(points, image_pairs=9_999) is None  # but 141 images' pairs cannot support it
+    chosen = metrics.recommend(points, image_pairs=10_000)
     assert chosen is not None and chosen.rate == 1e-4 and chosen.bits == 29
+    assert metrics.images_for_pairs(10_000) == 142 and metrics.images_for_pairs(190) == 20
 
 
 @pytest.mark.parametrize(("kind", "nbits"), [("bmh1", 961), ("phash", 64)])

@@ -141,3 +141,49 @@ def test_a_stopped_ingest_stores_what_it_did_says_how_far_and_resumes(
     assert result.returncode == 0, result.stderr
     assert counts(result) == (IMAGES - done, 0, done, 0)
     _assert_every_image_stored_once(database_url, folder)
+
+
+def test_ctrl_c_before_the_run_starts_exits_130_in_words(tmp_path: Path) -> None:
+    """Issue 26: Ctrl-C in the first half second (while the inputs are listed) printed click's "Aborted!" and
+    exited 1. The manifest here is a named pipe: reading it blocks until the test writes, so the signal lands,
+    for certain, while ``ingest`` is still listing its inputs."""
+    manifest = tmp_path / "manifest.csv"
+    os.mkfifo(manifest)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matchdb", "ingest", "--create", "--collection", "k", str(manifest)],
+        env={**os.environ, "MATCHDB_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with open(manifest, "w"):  # returns once ingest has opened the pipe to read it
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip() == "matchdb ingest: interrupted by SIGINT before any image was stored"
+
+
+CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+class CtrlC:  # a real SIGINT, delivered as the commands start being imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "matchdb.cli.root":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["matchdb", "ingest", "--collection", "k", "."]
+from matchdb.cli import run
+run()
+"""
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130() -> None:
+    """Earlier still (the first 0.3 s): Ctrl-C while Python imports the commands printed the import machinery's
+    traceback. The console script (``matchdb.cli:run``) and ``python -m matchdb`` catch it."""
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "matchdb: interrupted while starting\n"

@@ -7,7 +7,6 @@ import asyncio
 import io
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +50,8 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64  # the concurrency test opens 20 connections at once
     hits: Counter[str]
+    answered: Counter[str]
+    release: threading.Event
     other_port: int
 
 
@@ -92,8 +93,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, HUGE)
             elif path == "/huge-stream":  # no Content-Length: HTTP/1.0 body delimited by closing the connection
                 self._send(200, HUGE, length=False)
-            elif path == "/slow":
-                time.sleep(1.0)
+            elif path == "/slow":  # answers only once the test releases it: a fetch that returns timed out
+                self.server.release.wait(60)
+                self.server.answered[path] += 1
                 self._send(200, PNG)
             else:
                 self._send(404, b"not found")
@@ -105,6 +107,8 @@ class Handler(BaseHTTPRequestHandler):
 def server() -> Iterator[Server]:
     httpd = Server(("127.0.0.1", 0), Handler)
     httpd.hits = Counter()
+    httpd.answered = Counter()
+    httpd.release = threading.Event()
     httpd.other_port = _closed_port()
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -280,11 +284,15 @@ def test_too_large(server: Server, path: str) -> None:
 
 
 def test_read_timeout(server: Server) -> None:
+    """The read timeout fired, on every attempt: both requests reached the server, and the fetch gave up while the
+    server still held both unanswered (it answers only when released). Events, not a stopwatch."""
     url = f"{base(server)}/slow"
-    started = time.monotonic()
-    error = fetch_error(local(server, read_timeout=0.1, attempts=2), url)
-    assert str(error) == f"Unable to download image from '{url}', Attempts: 2"
-    assert time.monotonic() - started < 0.9
+    try:
+        error = fetch_error(local(server, read_timeout=0.1, attempts=2), url)
+        assert str(error) == f"Unable to download image from '{url}', Attempts: 2"
+        assert server.hits["/slow"] == 2 and server.answered["/slow"] == 0
+    finally:
+        server.release.set()
 
 
 # --- refusals that never touch the network ---

@@ -118,7 +118,7 @@ def test_ingest_a_folder_rerun_change_and_query(tmp_path: Path, folder: Path) ->
     assert first.returncode == 0, first.stderr
     assert counts(first) == (12, 0, 0, 0)
     assert first.stdout.startswith("ingested 12 images: 12 new")
-    assert not (tmp_path / "ingest-failures.jsonl").exists()
+    assert not (tmp_path / "ingest-failures").exists()
     records = stored(url, "photos")
     assert list(records) == sorted(FOLDER_IMAGES)  # _id: the path relative to the folder, inserted in sorted order
     assert records["sub/h.tif"].width == 96 and records["sub/h.tif"].attributes == {}
@@ -184,7 +184,9 @@ def test_failures_go_to_the_report_and_the_rest_is_stored(tmp_path: Path) -> Non
     result = run(url, "ingest", "--create", "--collection", "mixed", str(images), "manifest.csv", cwd=tmp_path)
     assert result.returncode == 1
     assert counts(result) == (2, 0, 0, 3)
-    report = [json.loads(line) for line in (tmp_path / "ingest-failures.jsonl").read_text().splitlines()]
+    report_path = only_report(tmp_path)
+    assert report_path.name.endswith("-mixed.jsonl")
+    report = [json.loads(line) for line in report_path.read_text().splitlines()]
     assert [(line["_id"], line["source"]) for line in report] == [
         ("corrupt.jpg", str(images / "corrupt.jpg")),
         ("images/missing.png", "images/missing.png"),  # _id from _file, relative to the manifest
@@ -193,7 +195,12 @@ def test_failures_go_to_the_report_and_the_rest_is_stored(tmp_path: Path) -> Non
     assert "cannot identify image" in report[0]["error"]
     assert report[1]["error"] == "No such file or directory"
     assert "neither _url nor _file" in report[2]["error"]
-    assert f"3 failures written to {tmp_path.resolve() / 'ingest-failures.jsonl'}" in result.stderr
+    # the reasons on the terminal, counted, and the first failures themselves, not only in the file
+    assert "matchdb ingest: 3 failures, by reason:" in result.stderr
+    assert re.search(r"^ +1  No such file or directory$", result.stderr, re.M), result.stderr
+    assert f"  {images / 'corrupt.jpg'}: cannot identify image" in result.stderr
+    assert "  images/missing.png: No such file or directory" in result.stderr
+    assert f"all of them, as JSON lines: {report_path}" in result.stderr
 
     records = stored(url, "mixed")
     assert list(records) == ["good.png", "listed"]
@@ -203,6 +210,25 @@ def test_failures_go_to_the_report_and_the_rest_is_stored(tmp_path: Path) -> Non
     rerun = run(url, "ingest", "--collection", "mixed", str(images), "--report", str(custom), cwd=tmp_path)
     assert rerun.returncode == 1 and counts(rerun) == (0, 0, 1, 1)
     assert len(custom.read_text().splitlines()) == 1
+
+
+def only_report(tmp_path: Path) -> Path:
+    """The one failure report of the run (a new file per run, beside the SQLite database)."""
+    reports = list((tmp_path / "ingest-failures").iterdir())
+    assert len(reports) == 1, reports
+    return reports[0]
+
+
+def test_each_run_keeps_its_own_report(tmp_path: Path) -> None:
+    """Issue 26: the next ingest, into any collection, overwrote the last run's failures."""
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    url = sqlite_url(tmp_path)
+    for name in ("one", "two"):
+        result = run(url, "ingest", "--create", "--collection", name, str(tmp_path / "bad.jpg"), cwd=tmp_path)
+        assert result.returncode == 1 and "1 failure, by reason" in result.stderr
+        assert "ingested 1 image: 0 new" in result.stdout
+    reports = sorted((tmp_path / "ingest-failures").iterdir())
+    assert [path.name.rsplit("-", 1)[1] for path in reports] == ["one.jsonl", "two.jsonl"]
 
 
 @pytest.fixture
@@ -239,8 +265,12 @@ def test_jsonl_manifest_with_files_and_urls(tmp_path: Path, folder: Path, image_
     result = run(url, "ingest", "--create", "--collection", "shop", str(manifest), cwd=tmp_path, **allow)
     assert result.returncode == 1
     assert counts(result) == (3, 0, 0, 1)
-    report = [json.loads(line) for line in (tmp_path / "ingest-failures.jsonl").read_text().splitlines()]
+    report = [json.loads(line) for line in only_report(tmp_path).read_text().splitlines()]
     assert report == [{"_id": "gone", "source": f"{base}/missing.png", "error": f"HTTP 404 from '{base}/missing.png'"}]
+    assert "matchdb ingest: 1 failure, by reason:\n       1  HTTP 404 from '...'\n" in result.stderr
+    assert "MATCHDB_FETCH_ALLOW" not in result.stderr  # allowed here: no hint about the SSRF guard
+    refused = run(url, "ingest", "--collection", "shop", str(manifest), cwd=tmp_path)  # without the setting
+    assert "MATCHDB_FETCH_ALLOW=HOST:PORT opens one" in refused.stderr
     records = stored(url, "shop")
     assert records["shoe-1"].attributes == {"price": 12, "tags": ["red", "sale"]}  # computed fields are not kept
     assert records["7"].attributes == {"price": 9.5, "in_stock": True}

@@ -3,10 +3,14 @@ and read from the database directly (no server needed). The logic lives in :mod:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,11 +28,11 @@ from matchdb.storage import collections as collection_store
 from matchdb.storage.tokens import DEFAULT_WORKSPACE
 
 if TYPE_CHECKING:
-    from matchdb.service.ingest import Summary
+    from matchdb.service.ingest import FailureReport, Summary
 
 # matchdb.service.ingest (httpx, starlette, tqdm) is imported inside the commands that use it, so every other
 # command starts as fast as before.
-_REPORT_NAME = "ingest-failures.jsonl"
+_REPORT_FOLDER = "ingest-failures"
 
 
 @click.group()
@@ -99,8 +103,9 @@ def collection_delete(key: str, workspace: str | None, yes: bool) -> None:
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"Where failures go, as JSON lines (only created if something failed). [default: {_REPORT_NAME} beside the "
-    "SQLite database, or in the user data folder (`matchdb info`)]",
+    help="Where failures go, as JSON lines (only created if something failed; the terminal shows the first few and "
+    f"a count per reason). [default: a new file per run, {_REPORT_FOLDER}/TIME-COLLECTION.jsonl beside the SQLite "
+    "database, or in the user data folder (`matchdb info`)]",
 )
 @click.option(
     "--dask-scheduler",
@@ -127,38 +132,49 @@ def ingest_command(
     Ctrl-C or SIGTERM stops it cleanly: what is done is stored, it says how far it got, and exits 130 or 143.
     The exit status is 1 if any item failed (see --report).
     """
-    from matchdb.service import ingest as service
-    from matchdb.service.inputs import discover
+    with _early_ctrl_c():  # until the run takes over SIGINT (listing, forking, opening the database)
+        from matchdb.service import ingest as service
+        from matchdb.service.inputs import discover
 
-    settings = load_settings()
-    report = report or _default_report(settings.database_url)
-    if scheduler is not None:
-        if jobs is not None:
-            raise click.UsageError("-j does not apply with --dask-scheduler: the cluster's workers do the hashing")
-        _ingest_on_cluster(scheduler, settings, paths, key, workspace, create, batch_size, report)
-        return
-    items = discover(paths)
-    workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
-    with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
-        engine = open_engine(settings)
-        info = resolve_collection(engine, workspace, key, create, can_create=True)
-        with (
-            progress(len(items), "img", "ingest") as bar,
-            service.FailureReport(report) as failures,
-        ):
-            summary = service.run_ingest(
-                engine,
-                info.id,
-                items,
-                pool=pool,
-                jobs=workers,
-                settings=settings,
-                batch_size=batch_size,
-                on_progress=lambda _status: bar.update(),
-                on_failure=failures,
-                stop_signals=(signal.SIGINT, signal.SIGTERM),
-            )
-    _finish(summary, report)
+        settings = load_settings()
+        report = report or _default_report(settings.database_url, key)
+        if scheduler is not None:
+            if jobs is not None:
+                raise click.UsageError("-j does not apply with --dask-scheduler: the cluster's workers do the hashing")
+            _ingest_on_cluster(scheduler, settings, paths, key, workspace, create, batch_size, report)
+            return
+        items = discover(paths)
+        workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
+        with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
+            engine = open_engine(settings)
+            info = resolve_collection(engine, workspace, key, create, can_create=True)
+            with (
+                progress(len(items), "img", "ingest") as bar,
+                service.FailureReport(report) as failures,
+            ):
+                summary = service.run_ingest(
+                    engine,
+                    info.id,
+                    items,
+                    pool=pool,
+                    jobs=workers,
+                    settings=settings,
+                    batch_size=batch_size,
+                    on_progress=lambda _status: bar.update(),
+                    on_failure=failures,
+                    stop_signals=(signal.SIGINT, signal.SIGTERM),
+                )
+        _finish(summary, failures)
+
+
+@contextlib.contextmanager
+def _early_ctrl_c() -> Iterator[None]:
+    """Ctrl-C before the run handles it itself: one line and exit 130, as for a Ctrl-C during the run."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("matchdb ingest: interrupted by SIGINT before any image was stored", err=True)
+        sys.exit(128 + signal.SIGINT)
 
 
 def _ingest_on_cluster(
@@ -200,17 +216,39 @@ def _ingest_on_cluster(
             if exc.summary is not None:
                 click.echo(str(exc.summary))
             raise click.ClickException(str(exc)) from exc
-    _finish(summary, report)
+    _finish(summary, failures)
 
 
-def _finish(summary: Summary, report: Path) -> None:
-    """The summary line, and the exit status: 128 + the signal that stopped the run, else 1 if anything failed."""
+def _finish(summary: Summary, failures: FailureReport) -> None:
+    """The summary line, what failed and why, and the exit status: 128 + the signal that stopped the run, else 1
+    if anything failed."""
     click.echo(str(summary))
+    if failures.count:
+        _show_failures(failures)
     if summary.stopped_by is not None:
         sys.exit(128 + summary.stopped_by)
     if summary.failed:
-        click.echo(f"matchdb ingest: {summary.failed} failures written to {report}", err=True)
         sys.exit(1)
+
+
+def _show_failures(failures: FailureReport) -> None:
+    """On stderr: the count per reason (most frequent first), the first few failures, and where all of them are."""
+    noun = "failure" if failures.count == 1 else "failures"
+    click.echo(f"matchdb ingest: {failures.count} {noun}, by reason:", err=True)
+    for reason, count in failures.reasons.most_common(10):
+        click.echo(f"  {count:>6}  {reason}", err=True)
+    if len(failures.reasons) > 10:
+        click.echo(f"  ({len(failures.reasons) - 10} more reasons in the report)", err=True)
+    click.echo(f"first {len(failures.examples)}:" if failures.count > len(failures.examples) else "each:", err=True)
+    for failure in failures.examples:
+        click.echo(f"  {failure.source}: {failure.error}", err=True)
+    click.echo(f"all of them, as JSON lines: {failures.path}", err=True)
+    if any(reason.startswith("URL not allowed") for reason in failures.reasons):
+        click.echo(
+            "URLs of a local or private image store are refused (SSRF guard): MATCHDB_FETCH_ALLOW=HOST:PORT opens "
+            "one (docs/configuration.md)",
+            err=True,
+        )
 
 
 @click.command("query")
@@ -266,9 +304,14 @@ def query_command(
         sys.exit(1)
 
 
-def _default_report(database_url: str) -> Path:
-    """Beside the SQLite file, else in the user data folder: never a stray file in whatever folder the command ran."""
+def _default_report(database_url: str, collection_key: str) -> Path:
+    """A new file per run (a later ingest never overwrites an earlier run's failures), named by time and
+    collection, beside the SQLite file, else in the user data folder: never a stray file in whatever folder the
+    command ran."""
     parsed = make_url(database_url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database).resolve().parent / _REPORT_NAME
-    return data_dir() / _REPORT_NAME
+        folder = Path(parsed.database).resolve().parent / _REPORT_FOLDER
+    else:
+        folder = data_dir() / _REPORT_FOLDER
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return folder / f"{stamp}-{re.sub(r'[^A-Za-z0-9._-]+', '_', collection_key)[:60]}.jsonl"

@@ -5,6 +5,7 @@ This module imports no command, so every command module can import it and nothin
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import click
@@ -87,6 +88,9 @@ def resolve_collection(
             raise click.ClickException(str(exc)) from exc
         shown = ", ".join(exc.existing[:10]) + (f" and {len(exc.existing) - 10} more" if len(exc.existing) > 10 else "")
         there = f"the collections are: {shown}" if exc.existing else "there are no collections yet"
+        close = difflib.get_close_matches(key, exc.existing, n=1, cutoff=0.6)
+        if close:  # a misspelling: point at the name meant, never offer to create the misspelt one
+            raise click.ClickException(f"{exc}; did you mean {close[0]!r}? ({there})") from exc
         how = "pass --create to create it" if can_create else f"create it with `matchdb collection create {key}`"
         raise click.ClickException(f"{exc}; {there}" + (f" ({how})" if offer_create else "")) from exc
     if created:

@@ -80,7 +80,9 @@ def eval_command(
     rotations, watermarks, ...); recall is the share of copies within a threshold of their original, the
     false-match rate (FMR) the share of pairs of different images within it. The report gives, per hash type,
     the threshold at FMR 1e-3, 1e-4 and 1e-5 (where DIR has enough pairs to show it), in bits and as the API's
-    range, the recall of each transform there with a 95% interval, and a recommended range (FMR <= 1e-4).
+    range, the recall of each transform there with a 95% interval, and a recommended range: the threshold at
+    FMR 1e-4, given only when DIR's images make at least 10,000 pairs of different images (142 distinct images).
+    A smaller folder gets no recommendation, never a looser one: it says so and how many images it would need.
     Unreadable files are reported and skipped; the exit status is 1 if no image could be read.
     """
     from matchdb.evaluation import pipeline, report_html, report_text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 
 import click
 from sqlalchemy.engine import make_url
@@ -36,6 +37,17 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
     The database schema is brought up to date first, once, before any worker starts; MATCHDB_BOOTSTRAP_TOKEN is
     created if missing. Without any token the API is open, which is only allowed on a loopback address.
     """
+    from matchdb.web import server
+
+    try:  # first, before the database or any index is touched: a taken port is one line, not a wall of tracebacks
+        listener = server.listen(host, port)
+    except server.PortInUse:
+        click.echo(
+            f"matchdb serve: port {port} on {host} is already in use (another `matchdb serve`?); stop it, or choose "
+            f"another port: matchdb serve --port {port + 1}",
+            err=True,
+        )
+        sys.exit(server.STARTUP_FAILURE)
     settings = load_settings()
     if settings.bootstrap_token and len(settings.bootstrap_token) < token_store.MIN_TOKEN_LENGTH:
         raise click.UsageError(f"MATCHDB_BOOTSTRAP_TOKEN must have at least {token_store.MIN_TOKEN_LENGTH} characters")
@@ -52,10 +64,9 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
         )
     if not tokens_exist:
         click.echo("matchdb: no API token exists, the API is open to anyone who can connect", err=True)
-    from matchdb.web import server
 
     # The app reads its settings from the environment in each worker: hand it the database chosen here (--database,
     # or the per-user default resolved from this folder), so every worker opens the same one.
     os.environ["MATCHDB_DATABASE_URL"] = settings.database_url
     click.echo(f"matchdb: database {make_url(settings.database_url).render_as_string(hide_password=True)}", err=True)
-    server.run(host, port, workers, settings.drain_timeout)
+    server.run(listener, workers, settings.drain_timeout)

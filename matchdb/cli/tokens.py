@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -16,20 +17,33 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--workspace", default=token_store.DEFAULT_WORKSPACE, show_default=True)
+@click.option(
+    "--workspace",
+    default=token_store.DEFAULT_WORKSPACE,
+    show_default=True,
+    help="The workspace the token works in: it sees and changes only that workspace's collections.",
+)
 @click.option("--read-only", is_flag=True, help="The token may read but not write.")
 @click.option("--note", default="", help="A note to recognise the token by in `matchdb token list`.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the token, e.g. for TOKEN=$(matchdb token create -q).")
 def token_create(workspace: str, read_only: bool, note: str, quiet: bool) -> None:
-    """Create a token and print it (the only time it is shown) on stdout; what it is for goes to stderr."""
+    """Create a token and print it (the only time it is shown) on stdout; what it is for goes to stderr.
+
+    When stdout is captured (TOKEN=$(matchdb token create)) and stderr is a terminal, the token is shown on stderr
+    too: otherwise its only copy would be a shell variable that dies with the terminal.
+    """
     with open_engine(load_settings()).begin() as connection:
         value, info = token_store.create_token(connection, workspace, read_only, note)
     click.echo(value)
-    if not quiet:
-        rights = " (read-only)" if read_only else ""
-        click.echo(
-            f"token {info.id} for workspace {info.workspace!r}{rights}: keep it now, it is not shown again", err=True
-        )
+    if quiet:
+        return
+    rights = " (read-only)" if read_only else ""
+    shown = f": {value}" if not sys.stdout.isatty() and sys.stderr.isatty() else ""
+    click.echo(
+        f"created token {info.id} for workspace {info.workspace!r}{rights}{shown}\n"
+        "keep it now (a password manager, or the environment of your client): it is not shown again",
+        err=True,
+    )
 
 
 @token.command("list")
@@ -63,3 +77,11 @@ def token_revoke(key: str) -> None:
         reason = "no active token matches" if count == 0 else f"{-count} active tokens match; give more of the prefix"
         raise click.ClickException(f"{reason} {key!r} (`matchdb token list` shows ids and prefixes)")
     click.echo(f"revoked {count} token")
+    with open_engine(load_settings()).connect() as connection:
+        active = sum(1 for info in token_store.list_tokens(connection) if info.revoked_at is None)
+    if active == 0:
+        click.echo(
+            "no active token is left: the API now refuses every request (it does not reopen). To get back in, "
+            "create a token here with `matchdb token create`: it writes to the database directly, no API call needed.",
+            err=True,
+        )

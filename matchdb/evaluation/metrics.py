@@ -30,6 +30,9 @@ RATES: tuple[float, ...] = (1e-3, 1e-4, 1e-5)
 RECOMMEND_RATE = 1e-4
 #: A rate is reported only if the distinct pairs would hold at least this many false matches at it.
 MIN_FALSE_MATCHES = 10
+#: Pairs of different images a range is recommended from: the copies of one image make correlated distinct
+#: pairs, so only pairs of images can show a rate of 1e-4 (1 in 10,000), and only if there are 10,000 of them.
+MIN_IMAGE_PAIRS = round(1 / RECOMMEND_RATE)
 #: Worst misses kept per hash type (one per transform at most).
 WORST_MISSES = 12
 #: Closest pairs of different images kept per hash type.
@@ -55,6 +58,12 @@ def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float
 def meaningful(rate: float, pairs: int) -> bool:
     """Whether ``pairs`` distinct pairs can show a false-match rate of ``rate``."""
     return rate == 0 or pairs * rate >= MIN_FALSE_MATCHES * (1 - 1e-9)
+
+
+def images_for_pairs(pairs: int) -> int:
+    """The fewest distinct images that make ``pairs`` pairs of different images (n (n - 1) / 2 >= pairs)."""
+    n = math.ceil((1 + math.sqrt(1 + 8 * pairs)) / 2)
+    return n - 1 if (n - 1) * (n - 2) // 2 >= pairs else n
 
 
 def threshold_at(histogram: np.ndarray, rate: float) -> int | None:
@@ -155,6 +164,7 @@ class HashTypeResult:
     name: str
     nbits: int
     distinct_pairs: int
+    image_pairs: int  # pairs of different images compared (those inside a --groups group excluded)
     excluded_pairs: int
     distinct_histogram: list[tuple[int, int]]
     distinct_percentiles: dict[str, int | None]
@@ -194,17 +204,13 @@ def thresholds(distinct: Distinct, nbits: int, rates: Sequence[float]) -> list[T
     return out
 
 
-def recommend(points: Sequence[Threshold]) -> Threshold | None:
-    """The threshold at :data:`RECOMMEND_RATE`; if the folder is too small to show it, the strictest rate it can
-    show; failing that, the largest threshold with no false match at all."""
-    usable = [t for t in points if t.meaningful and t.bits is not None]
-    preferred = [t for t in usable if t.rate == RECOMMEND_RATE]
-    if preferred:
-        return preferred[0]
-    nonzero = sorted((t for t in usable if t.rate > 0), key=lambda t: t.rate)
-    if nonzero:
-        return nonzero[0]
-    return next((t for t in usable if t.rate == 0), None)
+def recommend(points: Sequence[Threshold], image_pairs: int) -> Threshold | None:
+    """The threshold at :data:`RECOMMEND_RATE`, or None when the folder cannot support one: fewer than
+    :data:`MIN_IMAGE_PAIRS` pairs of different images. No fallback to a looser rate or to "no false match": on 20
+    photos those are set by a handful of image pairs and can be nine times the safe range (issue 26)."""
+    if image_pairs < MIN_IMAGE_PAIRS:
+        return None
+    return next((t for t in points if t.rate == RECOMMEND_RATE and t.meaningful and t.bits is not None), None)
 
 
 def distance_stats(
@@ -290,7 +296,8 @@ def evaluate_hash_type(
     distinct-pair distances, ``transforms`` (name, category, geometric) in ``true``'s column order."""
     points = thresholds(distinct, nbits, rates)
     histogram = distinct.histogram
-    chosen = recommend(points)
+    image_pairs = distinct.source_pairs_within(nbits)  # excluded pairs sit at nbits + 1
+    chosen = recommend(points, image_pairs)
     per_transform = [
         distance_stats(tname, category, true[:, j], nbits, points)
         for j, (tname, category, _geometric) in enumerate(transforms)
@@ -302,6 +309,7 @@ def evaluate_hash_type(
         name,
         nbits,
         int(histogram.sum()),
+        image_pairs,
         excluded,
         sparse(histogram),
         {label: percentile(histogram, fraction) for label, fraction in fractions.items()},

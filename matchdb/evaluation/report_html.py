@@ -20,6 +20,7 @@ from matchdb.evaluation.metrics import EvalReport, HashTypeResult, dense, rate_l
 from matchdb.evaluation.report_text import (
     distance_cell,
     false_match_cell,
+    no_recommendation,
     recall_cell,
     recommended_text,
     shown_rates,
@@ -146,8 +147,8 @@ def render(report: EvalReport, root: Path, max_pixels: int) -> str:
     summary = (
         f"{report.sources} of {report.images_found} images, {len(report.transforms)} transforms, "
         f"seed {report.seed}, dihedral {'on' if report.dihedral else 'off'}, "
-        f"hashing {report.hashing_seconds:.1f} s."
-    )
+        f"hashing {report.hashing_seconds:.1f} s. {' '.join(no_recommendation(report))}"
+    ).rstrip()
     return pages.render(
         "eval.html",
         directory=report.directory,

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from matchdb.evaluation.metrics import DistanceStats, EvalReport, HashTypeResult, Recall, Threshold, rate_label
+from matchdb.dedupe import DEFAULT_RANGE
+from matchdb.evaluation.metrics import (
+    MIN_IMAGE_PAIRS,
+    RECOMMEND_RATE,
+    DistanceStats,
+    EvalReport,
+    HashTypeResult,
+    Recall,
+    Threshold,
+    images_for_pairs,
+    rate_label,
+)
 
 
 def threshold_cell(point: Threshold | None) -> str:
@@ -62,10 +73,24 @@ def distance_cell(stats: DistanceStats) -> str:
 def recommended_text(result: HashTypeResult) -> str:
     point = result.recommended
     if point is None or point.range is None:
-        return "none"
-    if point.rate == 0:
-        return f"{point.range:.1f} (no false match in {result.distinct_pairs:,} pairs)"
+        return "none (too few images)" if result.image_pairs < MIN_IMAGE_PAIRS else "none"
     return f"{point.range:.1f} (FMR <= {rate_label(point.rate)})"
+
+
+def no_recommendation(report: EvalReport) -> list[str]:
+    """Why there is no recommended range, in plain words, and what to do instead; empty when there is one."""
+    small = [res for res in report.results if res.recommended is None and res.image_pairs < MIN_IMAGE_PAIRS]
+    if not small:
+        return []
+    pairs = min(res.image_pairs for res in small)
+    defaults = ", ".join(f"{name} {value}" for name, value in DEFAULT_RANGE.items())
+    return [
+        f"No range is recommended: {report.sources} images make {pairs:,} pairs of different images, too few to show",
+        f"a false-match rate of {rate_label(RECOMMEND_RATE)} (that needs {MIN_IMAGE_PAIRS:,} pairs: at least "
+        f"{images_for_pairs(MIN_IMAGE_PAIRS)} distinct images).",
+        "The thresholds above describe this folder only; a range taken from them can group unrelated images.",
+        f"Meanwhile keep the defaults ({defaults}: FMR 1e-4 on 421 photos, docs/accuracy.md).",
+    ]
 
 
 def render(report: EvalReport) -> str:
@@ -116,5 +141,6 @@ def render(report: EvalReport) -> str:
         pairs = ", ".join(f"{p.a} ~ {p.b} ({p.bits} b)" for p in res.lookalikes[:3]) or "none"
         out.append(f"{res.name}: {pairs}")
     out += ["", "recommended range: " + "; ".join(f"{res.name} {recommended_text(res)}" for res in report.results)]
+    out += no_recommendation(report)
     out.append(f"hashing took {report.hashing_seconds:.1f} s")
     return "\n".join(out) + "\n"

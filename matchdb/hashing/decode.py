@@ -29,6 +29,8 @@ FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "GIF", "BMP")
 
 #: Default cap on decoded pixels (width * height): 100 megapixels, about 400 MB of RGBX buffer.
 DEFAULT_MAX_PIXELS = 100_000_000
+# Named in the error, so whoever meets the limit knows which setting raises it (matchdb.config reads it).
+_LIMIT_SETTING = "the limit is MATCHDB_MAX_PIXELS"
 
 _ORIENTATION_TAG = 0x0112
 
@@ -123,7 +125,7 @@ def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = found.group(1) if found else "too many"
         limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
-        raise ImageError(f"image too large: {pixels} pixels > limit {limit}") from exc
+        raise ImageError(f"image too large: {pixels} pixels > limit {limit} ({_LIMIT_SETTING})") from exc
     except UnidentifiedImageError as exc:
         raise ImageError("cannot identify image: the data is not a JPEG, PNG, TIFF, WebP, GIF or BMP file") from exc
     except _DECODER_ERRORS as exc:
@@ -131,7 +133,7 @@ def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise ImageError(f"image too large: {width * height} pixels > limit {max_pixels}")
+        raise ImageError(f"image too large: {width * height} pixels > limit {max_pixels} ({_LIMIT_SETTING})")
     if width <= 0 or height <= 0:
         image.close()
         raise ImageError(f"corrupt image: size {width}x{height}")

@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
@@ -141,6 +143,19 @@ class Failure:
         return json.dumps({"_id": self.ext_id or None, "source": self.source, "error": self.error})
 
 
+def images(count: int) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{count} image{'' if count == 1 else 's'}"
+
+
+def failure_reason(error: str) -> str:
+    """An error without what names one item (quoted URLs, paths and ids), so that like failures count together."""
+    return _QUOTED.sub("'...'", error)
+
+
+_QUOTED = re.compile(r"'[^']*'")
+
+
 @dataclass
 class Summary:
     new: int = 0
@@ -168,10 +183,10 @@ class Summary:
             f"{self.seconds:.1f} s ({self.rate:.1f} images/s)"
         )
         if self.stopped_by is None:
-            return f"ingested {self.total} images: {counts}"
+            return f"ingested {images(self.total)}: {counts}"
         return (
-            f"interrupted by {signal.Signals(self.stopped_by).name} after {self.total}"
-            f"{'' if self.planned is None else f' of {self.planned}'} images, "
+            f"interrupted by {signal.Signals(self.stopped_by).name} after "
+            f"{images(self.total) if self.planned is None else f'{self.total} of {images(self.planned)}'}, "
             f"all of them stored: {counts}; run the same command again to resume"
         )
 
@@ -439,12 +454,16 @@ async def _download_outcomes(
 
 
 class FailureReport:
-    """Failures as JSON lines, flushed as they happen. The file is created (truncated) at the first failure only:
-    a clean run leaves no report behind, and a report never mixes two runs."""
+    """Failures as JSON lines, flushed as they happen, plus what the terminal shows of them: the first few and a
+    count per reason. The file is created at the first failure only: a clean run leaves no report behind."""
+
+    EXAMPLES = 5
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.count = 0
+        self.examples: list[Failure] = []
+        self.reasons: Counter[str] = Counter()
         self._handle: IO[str] | None = None
 
     def __call__(self, failure: Failure) -> None:
@@ -454,6 +473,9 @@ class FailureReport:
         self._handle.write(failure.to_json() + "\n")
         self._handle.flush()
         self.count += 1
+        self.reasons[failure_reason(failure.error)] += 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(failure)
 
     def close(self) -> None:
         if self._handle is not None:

@@ -22,6 +22,8 @@ from matchdb.storage.transactions import unavailable
 from matchdb.web.envelope import ApiError
 
 _SCHEMES = ("token", "jwt", "bearer")
+# Where a token comes from, for a caller who has none: the CLI, on a machine that reaches the database.
+_GET_ONE = " (`matchdb token create`, run where the server's database is, makes one)"
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,13 @@ class Authenticator:
             token = _parse_header(authorization)
             info = find_token(connection, token)
         if info is None:
-            raise ApiError(401, "Invalid or revoked API token")
+            raise ApiError(401, "Invalid or revoked API token" + _GET_ONE)
         return Principal(info.workspace, info.read_only, info.id)
 
 
 def _parse_header(authorization: str | None) -> str:
     if not authorization or not authorization.strip():
-        raise ApiError(401, "Authentication required: send the header 'Authorization: Token <your token>'")
+        raise ApiError(401, "Authentication required: send the header 'Authorization: Token <your token>'" + _GET_ONE)
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() not in _SCHEMES or not token.strip():
         raise ApiError(401, "Malformed Authorization header: expected 'Token <your token>'")

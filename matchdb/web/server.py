@@ -1,8 +1,10 @@
 """Run the app under uvicorn, one process or a supervisor with several workers.
 
-Why not ``uvicorn.run``: with ``workers > 1`` uvicorn binds the listening socket itself with ``proto`` 0, accepted
+Why not ``uvicorn.run``: the listening socket is bound first, by :func:`listen`, before anything is loaded, so a
+port that is taken is one plain error (uvicorn binds after the app's startup has begun loading indexes, and a
+taken port then ends in a wall of tracebacks). And with ``workers > 1`` uvicorn binds with ``proto`` 0, accepted
 sockets inherit it, and asyncio then skips TCP_NODELAY, so every keep-alive request after the first waits ~40 ms
-for a delayed ACK (uvicorn issue 3149). :class:`TcpConfig` re-labels the listener as TCP.
+for a delayed ACK (uvicorn issue 3149); :func:`listen` binds it as TCP.
 
 Shutdown on SIGTERM (or Ctrl-C) is graceful: the listener closes (new connections are refused, not queued), idle
 keep-alive connections close, requests in flight finish (up to ``drain_timeout`` seconds, then they are cancelled),
@@ -12,7 +14,9 @@ the lifespan's shutdown runs, and the command exits 0. Every answered write was 
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
+import logging
 import math
 import os
 import shutil
@@ -29,18 +33,28 @@ from uvicorn.supervisors import Multiprocess
 from matchdb import metrics
 
 APP = "matchdb.web.app:app_from_env"
-STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start (e.g. the port is taken)
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start (the port taken, the app failing)
 
 
-class TcpConfig(uvicorn.Config):
-    """uvicorn's config whose bound TCP listener says it is TCP, so accepted connections get TCP_NODELAY."""
+class PortInUse(OSError):
+    """The address to serve is taken (another server, often another ``matchdb serve``)."""
 
-    def bind_socket(self) -> socket.socket:
-        sock = super().bind_socket()
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
-            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-            sock.set_inheritable(True)
-        return sock
+
+def listen(host: str, port: int) -> socket.socket:
+    """The bound listener for ``host:port``, labelled TCP (accepted connections then get TCP_NODELAY) and
+    inheritable (uvicorn's workers serve it). Raises :class:`PortInUse` when the address is taken."""
+    family, kind, _proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(exc.errno, f"{host}:{port} is already in use") from exc
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 class Supervisor(Multiprocess):
@@ -79,9 +93,11 @@ def metrics_folder() -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run(host: str, port: int, workers: int, drain_timeout: float = 30.0) -> None:
-    """Serve until SIGTERM or SIGINT; with ``workers`` > 1 a supervisor restarts workers that die."""
-    config = TcpConfig(
+def run(listener: socket.socket, workers: int, drain_timeout: float = 30.0) -> None:
+    """Serve on ``listener`` (from :func:`listen`) until SIGTERM or SIGINT; with ``workers`` > 1 a supervisor
+    restarts workers that die."""
+    host, port = listener.getsockname()[:2]
+    config = uvicorn.Config(
         APP,
         factory=True,
         host=host,
@@ -90,19 +106,22 @@ def run(host: str, port: int, workers: int, drain_timeout: float = 30.0) -> None
         timeout_graceful_shutdown=math.ceil(drain_timeout),
         access_log=False,  # the app writes its own (matchdb.web.observe), with the request_id
     )
+    # uvicorn says where it listens only when it binds the socket itself: say it here, in its words.
+    shown = f"[{host}]" if listener.family == socket.AF_INET6 else host
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
     if workers > 1:
         supervisor: Any = Supervisor  # older uvicorn releases (the pyproject allows >= 0.30) also take the target
         with metrics_folder():
             if "target" in inspect.signature(Multiprocess).parameters:
-                supervisor(config, target=uvicorn.Server(config).run, sockets=[config.bind_socket()]).run()
+                supervisor(config, target=uvicorn.Server(config).run, sockets=[listener]).run()
             else:
-                supervisor(config, sockets=[config.bind_socket()]).run()
+                supervisor(config, sockets=[listener]).run()
         return
     server = uvicorn.Server(config)
     # uvicorn raises the signal that stopped it again once it has shut down, to die of it: SIGTERM would then end
     # the process with status 143 after a clean shutdown. This handler absorbs it, so the command exits 0.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
-    if not server.started:  # e.g. the port is taken: fail as uvicorn.run does
+        server.run(sockets=[listener])
+    if not server.started:  # the app failed to start: fail as uvicorn.run does
         sys.exit(STARTUP_FAILURE)
