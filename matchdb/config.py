@@ -74,6 +74,8 @@ class Settings:
     thumbnails: bool = True
     log_format: str = "text"  # text or json: the access and error log lines (docs/operations.md)
     metrics: str = "open"  # open, token (GET /metrics needs an API token) or off (no /metrics)
+    metrics_token: str = ""  # the operator's credential for /metrics with per-collection series (docs/security.md)
+    allowed_hosts: tuple[str, ...] = ()  # Host names served; empty: matchdb serve decides (docs/security.md)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -47,11 +47,7 @@ async def server(request: Request) -> Response:
     """What the page needs before sign-in: whether a token is needed at all (open mode), and the request limits. Asked
     here rather than by a token-less ``ping``, whose 401 would be a failed request in the browser's log."""
     authenticator: Authenticator = request.app.state.authenticator
-    try:
-        await run_in_threadpool(authenticator.authenticate, None)
-        open_mode = True
-    except ApiError:
-        open_mode = False
+    open_mode = await run_in_threadpool(authenticator.open_mode)
     settings: Settings = request.app.state.settings
     return JSONResponse({"open": open_mode, "max_records": settings.max_records}, headers=_HEADERS)
 

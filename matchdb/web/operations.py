@@ -4,7 +4,8 @@
 - ``GET /docs``: that document for people, rendered by Swagger UI from the swagger-ui-py package's own files
   (Apache-2.0, https://github.com/swagger-api/swagger-ui): no CDN, so it works offline;
 - ``GET /metrics``: Prometheus metrics (:mod:`matchdb.metrics`), per ``MATCHDB_METRICS``: open, behind an API
-  token, or off.
+  token, or off. The per-collection series (every workspace's collection ids and sizes) only for the operator's
+  ``MATCHDB_METRICS_TOKEN``, or while the service is open (one workspace, no token at all): never for a tenant.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from matchdb.config import Settings
 from matchdb.metrics import render
-from matchdb.web.auth import Authenticator
+from matchdb.web.auth import Authenticator, is_metrics_operator
 from matchdb.web.envelope import ApiError, request_context
 from matchdb.web.observe import labelled
 from matchdb.web.openapi import ApiMethod, document
@@ -85,14 +86,17 @@ def operation_routes(settings: Settings, methods: Sequence[ApiMethod]) -> list[B
         return FileResponse(swagger_ui_dir() / name, media_type=SWAGGER_FILES[name], headers=headers)
 
     async def metrics(request: Request) -> Response:
-        if settings.metrics == "token":
-            authenticator: Authenticator = request.app.state.authenticator
+        authorization = request.headers.get("authorization")
+        authenticator: Authenticator = request.app.state.authenticator
+        operator = is_metrics_operator(authorization, settings.metrics_token)
+        if settings.metrics == "token" and not operator:
             try:
-                await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+                await run_in_threadpool(authenticator.authenticate, authorization)
             except ApiError as exc:
                 return request_context(request).respond({}, exc.status, exc.text)
-        body, content_type = await run_in_threadpool(render)
-        return Response(body, media_type=content_type)
+        per_collection = operator or await run_in_threadpool(authenticator.open_mode)
+        body, content_type = await run_in_threadpool(render, per_collection)
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     routes: list[BaseRoute] = [
         Route("/openapi.json", labelled(openapi, "openapi"), methods=["GET"], include_in_schema=False),
