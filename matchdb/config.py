@@ -109,6 +109,9 @@ class Settings:
             raise ConfigError("MATCHDB_LOG_FORMAT must be text or json")
         if self.metrics not in ("open", "token", "off"):
             raise ConfigError("MATCHDB_METRICS must be open, token or off")
+        for pattern in self.allowed_hosts:
+            if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+                raise ConfigError(f"MATCHDB_ALLOWED_HOSTS: {pattern!r} is not a name, '*' or '*.domain'")
         if self.fetch_max_redirects < 0 or self.hash_threads < 0 or self.fetch_concurrency <= 0:
             raise ConfigError("MATCHDB_FETCH_MAX_REDIRECTS and MATCHDB_HASH_THREADS must not be negative")
 

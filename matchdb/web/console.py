@@ -8,6 +8,7 @@ token the tab holds.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +22,7 @@ from matchdb.web.envelope import ApiError
 
 ASSETS = Path(__file__).resolve().parent.parent / "console"
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}")
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' blob: data: https: http:; connect-src 'self'; object-src 'none'; "
@@ -33,6 +35,8 @@ _HEADERS = {
 
 
 def _asset(name: str) -> Response:
+    if not _NAME.fullmatch(name):  # before any file system call: a NUL or an odd escape is a 404, not a 500
+        raise ApiError(404, "Unknown method or path")
     path = (ASSETS / name).resolve()
     if path.parent != ASSETS or path.suffix not in _TYPES or not path.is_file():
         raise ApiError(404, "Unknown method or path")

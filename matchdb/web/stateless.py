@@ -19,6 +19,7 @@ from matchdb.service.records import ImageLoader
 from matchdb.storage.collections import list_collections
 from matchdb.storage.transactions import unavailable
 from matchdb.web.auth import Authenticator, Principal
+from matchdb.web.browser import refuse_cross_site
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, request_context, stamp_statuses
 from matchdb.web.requests import count_field, flag_field, hash_types, number_field, read_json, records_field
 
@@ -41,6 +42,8 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             request.state.workspace = principal.workspace
             settings: Settings = request.app.state.settings
             body = await read_json(request, settings.max_body_bytes) if request.method == "POST" else {}
+            if principal.token_id is None:  # open: no token stops another site's page (see web/browser.py)
+                refuse_cross_site(request, body)
             records = body.get("records")
             request.state.records = len(records) if isinstance(records, list) else None
             return await handler(request, context, principal, body)
