@@ -40,6 +40,7 @@ class Secured:
     b: dict[str, str]  # workspace B's token
     b_read_only: dict[str, str]
     collection: str  # A's collection, with two records
+    log_path: Path  # the server's output
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             {"Authorization": f"Token {b.value}"},
             {"Authorization": f"Token {b_read_only.value}"},
             created["id"],
+            server.log_path,
         )
 
 
@@ -220,8 +222,24 @@ def test_another_workspaces_collection_is_unknown(secured: Secured) -> None:
 
 
 def test_a_read_only_token_is_refused_every_write(secured: Secured) -> None:
-    headers = {**secured.b_read_only}
-    assert httpx.post(f"{secured.url}/v2/collections", json={"name": "x"}, headers=headers).status_code == 403
+    created = httpx.post(f"{secured.url}/v2/collections", json={"name": "b-own"}, headers=secured.b).json()
+    headers = {**secured.b_read_only, "collection-id": created["id"]}
+    writes = [
+        httpx.post(f"{secured.url}/v2/collections", json={"name": "x"}, headers=headers),
+        httpx.delete(f"{secured.url}/v2/collections/{created['id']}", headers=headers),
+        httpx.post(f"{secured.url}/v2/insert", json={"records": [{"_id": "1", "_base64": png(3)}]}, headers=headers),
+        httpx.post(f"{secured.url}/v2/update", json={"records": [{"_id": "1", "a": 1}]}, headers=headers),
+        httpx.post(f"{secured.url}/v2/delete", json={"records": [{"_id": "1"}]}, headers=headers),
+    ]
+    assert [answer.status_code for answer in writes] == [403] * 5
+
+
+def test_no_token_in_the_server_log(secured: Secured) -> None:
+    log = secured.log_path.read_text(errors="replace")
+    assert "matchdb.access" in log
+    for headers in (secured.a, secured.b, secured.b_read_only):
+        assert headers["Authorization"].split()[1] not in log
+    assert METRICS_TOKEN not in log
 
 
 # --- the browser attack ------------------------------------------------------------------------------------------
