@@ -74,6 +74,8 @@ class Settings:
     thumbnails: bool = True
     log_format: str = "text"  # text or json: the access and error log lines (docs/operations.md)
     metrics: str = "open"  # open, token (GET /metrics needs an API token) or off (no /metrics)
+    metrics_token: str = ""  # the operator's credential for /metrics with per-collection series (docs/security.md)
+    allowed_hosts: tuple[str, ...] = ()  # Host names served; empty: matchdb serve decides (docs/security.md)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -107,6 +109,9 @@ class Settings:
             raise ConfigError("MATCHDB_LOG_FORMAT must be text or json")
         if self.metrics not in ("open", "token", "off"):
             raise ConfigError("MATCHDB_METRICS must be open, token or off")
+        for pattern in self.allowed_hosts:
+            if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+                raise ConfigError(f"MATCHDB_ALLOWED_HOSTS: {pattern!r} is not a name, '*' or '*.domain'")
         if self.fetch_max_redirects < 0 or self.hash_threads < 0 or self.fetch_concurrency <= 0:
             raise ConfigError("MATCHDB_FETCH_MAX_REDIRECTS and MATCHDB_HASH_THREADS must not be negative")
 

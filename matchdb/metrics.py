@@ -6,12 +6,16 @@ imported there), each worker writes its values to files in it, and every read of
 answers, sums the counters and histograms of all workers, dead ones included. Gauges describe the state of one
 worker (each has its own copy of every index), so they are read as the maximum (or minimum) over the live workers.
 Without that variable (one process, the tests' in-process apps) the process's own registry is read.
+
+Per-collection series (labelled ``collection``) name every workspace's collections and their sizes: they are
+rendered only for the operator (``render(per_collection=True)``, see :mod:`matchdb.web.operations`).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +28,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.metrics_core import Metric
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # No *_created series: multiprocess mode has none either, so both modes read alike.
@@ -79,13 +84,31 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-def render() -> tuple[bytes, str]:
-    """The text exposition of every metric (summed over all workers in multiprocess mode) and its content type."""
-    if multiprocess_dir() is None:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-    registry = CollectorRegistry()
-    _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+PER_COLLECTION = frozenset({"matchdb_index_records", "matchdb_index_memory_bytes"})
+
+
+class _ProcessWide:
+    """A collector that yields another registry's metrics but the per-collection ones."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        return (metric for metric in self.source.collect() if metric.name not in PER_COLLECTION)
+
+
+def render(per_collection: bool) -> tuple[bytes, str]:
+    """The text exposition of the metrics (summed over all workers in multiprocess mode) and its content type;
+    the per-collection series only if ``per_collection``."""
+    source = REGISTRY
+    if multiprocess_dir() is not None:
+        source = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
+    if not per_collection:
+        filtered = CollectorRegistry(auto_describe=False)
+        filtered.register(_ProcessWide(source))
+        source = filtered
+    return generate_latest(source), CONTENT_TYPE_LATEST
 
 
 def worker_exited(pid: int) -> None:

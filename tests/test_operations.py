@@ -113,7 +113,7 @@ def test_the_document_is_valid_openapi_3_1_with_the_shared_parts(client: TestCli
     assert {"status", "statistics"} <= set(components["schemas"]["Envelope"]["required"])
     knn = document["paths"]["/v2/visualKNN"]["post"]
     assert {"$ref": "#/components/parameters/CollectionId"} in knn["parameters"]
-    assert set(knn["responses"]) == {"200", "400", "401", "404", "413", "500", "503"}
+    assert set(knn["responses"]) == {"200", "400", "401", "403", "404", "413", "415", "500", "503"}
     assert set(document["paths"]["/v2/insert"]["post"]["responses"]) >= {"403", "404"}
     records = components["schemas"]["VisualHashRequest"]["properties"]["records"]
     assert (records["minItems"], records["maxItems"]) == (1, 100)

@@ -12,6 +12,8 @@ from sqlalchemy.engine import make_url
 from matchdb.cli.common import load_settings, open_engine
 from matchdb.storage import tokens as token_store
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -20,6 +22,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(configured: tuple[str, ...], host: str, tokens_exist: bool) -> tuple[str, ...]:
+    """The ``Host`` names to answer: ``MATCHDB_ALLOWED_HOSTS`` if set; else loopback names while the service is open
+    or bound to loopback (no page can then reach it by DNS rebinding), else any (a proxy in front names it)."""
+    if configured:
+        return configured
+    return LOOPBACK_NAMES if not tokens_exist or _is_loopback(host) else ("*",)
 
 
 @click.command()
@@ -68,5 +78,6 @@ def serve(host: str, port: int, workers: int, insecure_open: bool) -> None:
     # The app reads its settings from the environment in each worker: hand it the database chosen here (--database,
     # or the per-user default resolved from this folder), so every worker opens the same one.
     os.environ["MATCHDB_DATABASE_URL"] = settings.database_url
+    os.environ["MATCHDB_ALLOWED_HOSTS"] = ",".join(allowed_hosts(settings.allowed_hosts, host, tokens_exist))
     click.echo(f"matchdb: database {make_url(settings.database_url).render_as_string(hide_password=True)}", err=True)
     server.run(listener, workers, settings.drain_timeout)

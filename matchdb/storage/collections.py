@@ -64,8 +64,10 @@ def create_collection(connection: Connection, workspace: str, name: str) -> Coll
     return CollectionInfo(new_id, name, workspace, now, 0)
 
 
-def list_collections(connection: Connection, workspace: str | None = None) -> list[CollectionInfo]:
-    query = _select().order_by(collections.c.created_at, collections.c.id)
+def list_collections(
+    connection: Connection, workspace: str | None = None, with_count: bool = True
+) -> list[CollectionInfo]:
+    query = _select(with_count).order_by(collections.c.created_at, collections.c.id)
     if workspace is not None:
         query = query.where(workspaces.c.name == workspace)
     return [CollectionInfo(*row) for row in connection.execute(query)]

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         app.state.authenticator = Authenticator(engine)
         app.state.loader = loader_from_settings(settings, downloader, executor)
         app.state.engine = engine
+        app.state.known_collections = {}  # workspace -> its collection ids at its last ping (see stateless.ping)
         app.state.registry = IndexRegistry(engine)
         app.state.registry.load_all_in_background()
         heartbeat = Heartbeat(engine, app.state.registry, proc_id)
@@ -102,13 +104,16 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         *console.routes(),
     ]
     configure_logging(settings.log_format)
+    middleware = [Middleware(Observer), Middleware(Guard, proc_id=proc_id)]
+    if settings.allowed_hosts and "*" not in settings.allowed_hosts:  # a foreign Host (DNS rebinding) gets 400
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False))
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         # Every other exception ends in the guard (500, or 503 when the database is unavailable): see guard.py.
         exception_handlers={HTTPException: http_error, ApiError: api_error},
         # The observer (access log, request metrics) wraps the guard, so it sees the status the guard decided.
-        middleware=[Middleware(Observer), Middleware(Guard, proc_id=proc_id)],
+        middleware=middleware,
     )
 
 

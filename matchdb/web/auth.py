@@ -11,6 +11,7 @@ working through an outage; no one can revoke a token meanwhile, since that too n
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -60,6 +61,14 @@ class Authenticator:
         self._accepted[key] = principal
         return principal
 
+    def open_mode(self) -> bool:
+        """Whether the service is open (no token was ever created): then every caller is workspace ``default``."""
+        try:
+            self.authenticate(None)
+        except ApiError:
+            return False
+        return True
+
     def _check(self, authorization: str | None) -> Principal:
         with self._engine.connect() as connection:
             if not self._tokens_exist:
@@ -71,6 +80,18 @@ class Authenticator:
         if info is None:
             raise ApiError(401, "Invalid or revoked API token" + _GET_ONE)
         return Principal(info.workspace, info.read_only, info.id)
+
+
+def is_metrics_operator(authorization: str | None, metrics_token: str) -> bool:
+    """Whether ``authorization`` carries the operator's metrics credential (``MATCHDB_METRICS_TOKEN``; any scheme
+    this module accepts, e.g. Prometheus's ``Bearer``). It is no API token: it opens nothing but ``/metrics``."""
+    if not metrics_token:
+        return False
+    try:
+        given = _parse_header(authorization)
+    except ApiError:
+        return False
+    return hmac.compare_digest(given.encode(), metrics_token.encode())
 
 
 def _parse_header(authorization: str | None) -> str:

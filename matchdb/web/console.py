@@ -8,6 +8,7 @@ token the tab holds.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +22,7 @@ from matchdb.web.envelope import ApiError
 
 ASSETS = Path(__file__).resolve().parent.parent / "console"
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}")
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' blob: data: https: http:; connect-src 'self'; object-src 'none'; "
@@ -33,6 +35,8 @@ _HEADERS = {
 
 
 def _asset(name: str) -> Response:
+    if not _NAME.fullmatch(name):  # before any file system call: a NUL or an odd escape is a 404, not a 500
+        raise ApiError(404, "Unknown method or path")
     path = (ASSETS / name).resolve()
     if path.parent != ASSETS or path.suffix not in _TYPES or not path.is_file():
         raise ApiError(404, "Unknown method or path")
@@ -47,11 +51,7 @@ async def server(request: Request) -> Response:
     """What the page needs before sign-in: whether a token is needed at all (open mode), and the request limits. Asked
     here rather than by a token-less ``ping``, whose 401 would be a failed request in the browser's log."""
     authenticator: Authenticator = request.app.state.authenticator
-    try:
-        await run_in_threadpool(authenticator.authenticate, None)
-        open_mode = True
-    except ApiError:
-        open_mode = False
+    open_mode = await run_in_threadpool(authenticator.open_mode)
     settings: Settings = request.app.state.settings
     return JSONResponse({"open": open_mode, "max_records": settings.max_records}, headers=_HEADERS)
 

@@ -1,6 +1,8 @@
 """The app's error boundary (inside only the access log): every request gets an answer in the Ximilar envelope,
 whatever fails inside.
 
+Every answer says ``X-Content-Type-Options: nosniff``; a path with a NUL is a 404 here, before any route.
+
 It gives each request its ``request_id`` (``request.state.request_id``, used by the envelope), so the id in a 500's
 body is the one in the log: the caller's ``X-Request-ID`` when it is a short printable token (1-128 characters
 of letters, digits and ``._:/+=@-``), a fresh UUID otherwise; every answer echoes it in ``X-Request-ID``.
@@ -35,6 +37,8 @@ from matchdb.storage.transactions import unavailable
 from matchdb.web.envelope import RequestContext
 
 log = logging.getLogger("matchdb")
+_OWN_HEADERS = (b"x-request-id", b"x-content-type-options")  # set on every answer here (nosniff: no answer is
+# ever read by a browser as another type than it says, e.g. a JSON echo of a caller's text as HTML or script)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
@@ -49,14 +53,18 @@ class Guard:
             return
         context = RequestContext(self.proc_id, incoming_request_id(scope) or str(uuid.uuid4()))
         scope.setdefault("state", {})["request_id"] = context.request_id
+        if "\x00" in scope.get("path", ""):  # no route or file has a NUL; file and database APIs refuse one
+            await _answer(context, 404, "Unknown method or path", None, scope, receive, send)
+            return
         held: Message | None = None
         body_started = False
 
         async def send_when_body(message: Message) -> None:
             nonlocal held, body_started
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                held = {**message, "headers": [*headers, (b"x-request-id", context.request_id.encode())]}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OWN_HEADERS]
+                own = [(b"x-request-id", context.request_id.encode()), (b"x-content-type-options", b"nosniff")]
+                held = {**message, "headers": [*headers, *own]}
                 return
             if held is not None:
                 start, held = held, None
@@ -75,10 +83,7 @@ class Guard:
                 return
             text = "request_id %s: 503, still running when the drain timeout ran out"
             log.warning(text, context.request_id, extra=_id(context))
-            response = context.respond({}, 503, "The server is shutting down; retry shortly")
-            response.headers["Retry-After"] = "1"
-            response.headers["X-Request-ID"] = context.request_id
-            await response(scope, receive, send)
+            await _answer(context, 503, "The server is shutting down; retry shortly", 1, scope, receive, send)
             return
         except Exception as exc:
             status, text, retry_after = self._classify(exc, context)
@@ -86,11 +91,7 @@ class Guard:
                 text = "response of request_id %s failed after it began: connection closed"
                 log.error(text, context.request_id, extra=_id(context))
                 return
-            response = context.respond({}, status, text)
-            if retry_after is not None:
-                response.headers["Retry-After"] = str(retry_after)
-            response.headers["X-Request-ID"] = context.request_id
-            await response(scope, receive, send)
+            await _answer(context, status, text, retry_after, scope, receive, send)
             return
         if held is not None:  # a start without a body: pass it on and let the server judge
             await send(held)
@@ -105,6 +106,17 @@ class Guard:
             return 404, "Unknown collection (it was deleted meanwhile)", None
         log.error("internal error (request_id %s)", context.request_id, exc_info=exc, extra=_id(context))
         return 500, f"Internal server error (request_id {context.request_id})", None
+
+
+async def _answer(
+    context: RequestContext, status: int, text: str, retry_after: int | None, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Send the guard's own enveloped error, with the headers every answer has."""
+    response = context.respond({}, status, text)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    response.headers.update({"X-Request-ID": context.request_id, "X-Content-Type-Options": "nosniff"})
+    await response(scope, receive, send)
 
 
 def incoming_request_id(scope: Scope) -> str | None:

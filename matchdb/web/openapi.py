@@ -31,11 +31,13 @@ STATUSES = {
     400: "The request is invalid (not JSON, a missing or malformed field, too many records), every record failed, "
     "or the query record failed",
     401: "No API token, or an unknown or revoked one (the API is open while the database holds no token)",
-    403: "A read-only token on a method that writes",
+    403: "A read-only token on a method that writes, or, while the API is open (no token), a request from another "
+    "site's page (its `Origin` is not this server)",
     404: "Unknown collection (or another workspace's)",
     204: "The record exists but has nothing to return (a thumbnail: stored while thumbnails were off)",
     409: "A collection with this name exists in the workspace",
     413: "Request body larger than MATCHDB_MAX_BODY_BYTES",
+    415: "While the API is open (no token): a body not sent as `Content-Type: application/json`",
     500: "A bug: the answer's request_id is in the server's error log with the traceback",
     503: "The database is unavailable, or the collection's index is still loading: retry after `Retry-After` s",
 }
@@ -157,8 +159,8 @@ def _operation(method: ApiMethod, verb: str, operation_id: str) -> dict[str, Any
         {"name": q.name, "in": "query", "required": False, "schema": q.schema, "description": q.description}
         for q in method.query
     ]
-    codes = [200, 400, 401, *((403,) if method.writes else ()), *((404,) if method.collection else ())]
-    codes += [*method.statuses, *((413,) if verb == "POST" else ()), 500, 503]
+    codes = [200, 400, 401, *((403,) if method.writes or verb != "GET" else ()), *((404,) if method.collection else ())]
+    codes += [*method.statuses, *((413, 415) if verb == "POST" else ()), 500, 503]
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": method.summary,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,7 +16,10 @@ from matchdb.config import Settings
 from matchdb.hashing import HASH_TYPES
 from matchdb.service import stateless as service
 from matchdb.service.records import ImageLoader
+from matchdb.storage.collections import list_collections
+from matchdb.storage.transactions import unavailable
 from matchdb.web.auth import Authenticator, Principal
+from matchdb.web.browser import refuse_cross_site
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, request_context, stamp_statuses
 from matchdb.web.requests import count_field, flag_field, hash_types, number_field, read_json, records_field
 
@@ -37,6 +42,8 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             request.state.workspace = principal.workspace
             settings: Settings = request.app.state.settings
             body = await read_json(request, settings.max_body_bytes) if request.method == "POST" else {}
+            if principal.token_id is None:  # open: no token stops another site's page (see web/browser.py)
+                refuse_cross_site(request, body)
             records = body.get("records")
             request.state.records = len(records) if isinstance(records, list) else None
             return await handler(request, context, principal, body)
@@ -56,9 +63,26 @@ def _max_records(request: Request) -> int:
     return settings.max_records
 
 
+def _own_collections(request: Request, workspace: str) -> set[str]:
+    """The ids of ``workspace``'s collections; during a database outage, those it had when last asked (so that ping
+    keeps answering, as it promises, without counting any other workspace's)."""
+    known: dict[str, set[str]] = request.app.state.known_collections
+    try:
+        with request.app.state.engine.connect() as connection:
+            ids = {info.id for info in list_collections(connection, workspace, with_count=False)}
+    except (DBAPIError, SATimeoutError) as exc:
+        if unavailable(exc) is None:
+            raise
+        return known.get(workspace, set())
+    known[workspace] = ids
+    return ids
+
+
 @api_method
 async def ping(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> JSONResponse:
-    states = request.app.state.registry.states().values()
+    """Service information and the state of the caller's own collections' indexes (never another workspace's)."""
+    own = await run_in_threadpool(_own_collections, request, principal.workspace)
+    states = [state for key, state in request.app.state.registry.states().items() if key in own]
     indexes = {
         "loading": sum(state.state == "loading" for state in states),
         "ready": sum(state.state == "ready" for state in states),

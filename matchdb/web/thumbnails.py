@@ -39,5 +39,6 @@ async def thumbnail(request: Request, context: RequestContext, principal: Princi
         raise ApiError(404, f"No record with _id {ext_id!r}")
     if found.data is None:  # stored with thumbnails off: nothing to show, and nothing wrong
         return Response(status_code=204)
-    # private: the bytes belong to one workspace; a short max-age lets a page reuse them while browsing
-    return Response(found.data, media_type=found.media_type, headers={"Cache-Control": "private, max-age=60"})
+    # no-store: the URL names only the _id (collection and token are headers), so a cached answer could be shown to
+    # another token or collection in the same browser; the console keeps the pictures it shows itself
+    return Response(found.data, media_type=found.media_type, headers={"Cache-Control": "no-store"})
