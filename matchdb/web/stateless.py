@@ -13,10 +13,12 @@ from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.hashing import HASH_TYPES
 from matchdb.service import stateless as service
+from matchdb.service.filters import QueryError
 from matchdb.service.records import ImageLoader
 from matchdb.web.auth import Authenticator, Principal
+from matchdb.web.bodies import BodyReader
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, request_context, stamp_statuses
-from matchdb.web.requests import count_field, flag_field, hash_types, number_field, read_json, records_field
+from matchdb.web.requests import count_field, flag_field, hash_types, number_field, records_field
 
 SERVICE_INFO = {
     "_name": "Image matching service",
@@ -27,7 +29,8 @@ Handler = Callable[[Request, RequestContext, Principal, dict[str, Any]], Awaitab
 
 
 def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a method: request context, authentication, JSON body; ApiError becomes the enveloped error."""
+    """Wrap a method: request context, authentication, JSON body; ApiError and QueryError become the enveloped
+    error."""
 
     async def endpoint(request: Request) -> Response:
         context = request_context(request)
@@ -35,13 +38,15 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             authenticator: Authenticator = request.app.state.authenticator
             principal = await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
             request.state.workspace = principal.workspace
-            settings: Settings = request.app.state.settings
-            body = await read_json(request, settings.max_body_bytes) if request.method == "POST" else {}
+            bodies: BodyReader = request.app.state.bodies
+            body = await bodies.read(request) if request.method == "POST" else {}
             records = body.get("records")
             request.state.records = len(records) if isinstance(records, list) else None
             return await handler(request, context, principal, body)
         except ApiError as exc:
             return context.respond({}, exc.status, exc.text)
+        except QueryError as exc:  # a filter the database refused, found only when the query runs
+            return context.respond({}, exc.status, str(exc))
 
     return endpoint
 
@@ -51,9 +56,13 @@ def _loader(request: Request) -> ImageLoader:
     return loader
 
 
-def _max_records(request: Request) -> int:
+def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
-    return settings.max_records
+    return settings
+
+
+def _max_records(request: Request) -> int:
+    return _settings(request).max_records
 
 
 @api_method
@@ -105,7 +114,7 @@ async def rank_images(
         raise ApiError(400, "Missing field 'query_record' (an object with _url or _base64)")
     records = records_field(body, _max_records(request))
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
-    k = count_field(body, "k")
+    k = count_field(body, "k", _settings(request).max_k, "MATCHDB_MAX_K")
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
     loader = _loader(request)
