@@ -173,10 +173,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--only", nargs="*", help="names of the attacks to run (default all)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--env", nargs="*", default=[], help="server settings, NAME=VALUE (MATCHDB_MAX_K=...)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for one answer")
     args = parser.parse_args()
     results: dict[str, Any] = {"records": args.records}
-    with matchdb_server({"MATCHDB_HASH_THREADS": "1"}) as server:
+    env = {"MATCHDB_HASH_THREADS": "1", **dict(item.split("=", 1) for item in args.env)}
+    results["env"] = env
+    with matchdb_server(env) as server:
         collection = seed(f"sqlite:///{server.log_path.parent / 'db.sqlite3'}", args.records)
         pgid = server.process.pid
         with httpx.Client(base_url=server.url, timeout=args.timeout) as client:
@@ -208,7 +211,10 @@ def main() -> None:
                 }
                 results[name] = row
                 print(f"{name:24} {row}", flush=True)
-        errors = [line for line in server.log().splitlines() if "ERROR" in line or "Error" in line]
+        lines = server.log().splitlines()
+        results["longest_log_line"] = max(map(len, lines), default=0)
+        print(f"longest server log line: {results['longest_log_line']} characters")
+        errors = [line for line in lines if "ERROR" in line or "Error" in line]
         print("\n".join(line[:300] for line in errors[-20:]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

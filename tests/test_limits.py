@@ -19,19 +19,23 @@ from matchdb.storage.records import NewRecord, upsert_records
 from matchdb.web.app import create_app
 from tests.imagegen import encode
 
-LIMITS = {
-    "max_k": 5,
-    "max_answer_records": 12,
-    "max_json_values": 300,
-    "max_json_depth": 6,
-    "max_filter_keys": 3,
-    "max_filter_values": 10,
-}
+
+def limited(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        hash_threads=1,
+        max_k=5,
+        max_answer_records=12,
+        max_json_values=300,
+        max_json_depth=6,
+        max_filter_keys=3,
+        max_filter_values=10,
+    )
 
 
 @pytest.fixture
 def client(database_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(database_url=database_url, hash_threads=1, **LIMITS))) as client:
+    with TestClient(create_app(limited(database_url))) as client:
         yield client
 
 
@@ -41,7 +45,7 @@ def collection(client: TestClient, database_url: str) -> str:
     created = client.post("/v2/collections", json={"name": "limits"}).json()
     engine = make_engine(database_url)
     with engine.begin() as connection:
-        batch = [NewRecord(f"r{i}", {"i": i}, None, 8, 8, f"c{i}", bytes([i]) * 121, bytes(8)) for i in range(20)]
+        batch = [NewRecord(f"r{i}", {"i": i}, None, 8, 8, "c", bytes([i]) + bytes(120), bytes(8)) for i in range(20)]
         upsert_records(connection, created["id"], batch)
     engine.dispose()
     return str(created["id"])

@@ -60,12 +60,17 @@ def validate_filter(filter_: object, limits: FilterLimits) -> dict[str, Any] | N
             text = f"filter has more than {limits.max_values} values (limit MATCHDB_MAX_FILTER_VALUES)"
             raise QueryError(400, text)
         if not all(_scalar(v) for v in values):
-            raise QueryError(400, f"filter on {key!r}: values must be strings, finite numbers, booleans or null")
+            kinds = "strings (without U+0000), finite numbers, booleans or null"
+            raise QueryError(400, f"filter on {key!r}: values must be {kinds}")
     return filter_
 
 
 def _scalar(value: object) -> bool:
-    if value is None or isinstance(value, (str, bool)):
+    """A value a filter can compare: U+0000 is refused (Postgres text cannot hold it, and SQLite's JSON functions
+    end a string there), and so are numbers beyond a float's range."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if value is None or isinstance(value, bool):
         return True
     if isinstance(value, int):
         return abs(value) < 2**1023  # a float can hold it (the comparison is numeric, as JSON's)
