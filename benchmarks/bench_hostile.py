@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,89 +32,8 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from matchdb.storage.collections import create_collection  # noqa: E402
-from matchdb.storage.database import make_engine, upgrade  # noqa: E402
-from matchdb.storage.records import NewRecord, upsert_records  # noqa: E402
+from tests.attack import MIB, flood, seed, watched  # noqa: E402
 from tests.servers import matchdb_server  # noqa: E402
-
-MIB = 1024 * 1024
-FLOOD_BYTES = 64 * MIB - 1024
-
-
-def group_rss(pgid: int) -> int:
-    """Resident bytes of every process in the process group ``pgid`` (the server and its workers)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ProcessLookupError):
-            continue
-    return total
-
-
-@contextmanager
-def watched(url: str, pgid: int) -> Iterator[dict[str, float]]:
-    """While the block runs: the worst ``/healthz`` latency (s) and the peak RSS (bytes), in the yielded dict."""
-    out = {"rss_before": float(group_rss(pgid)), "rss_peak": 0.0, "healthz_worst": 0.0, "healthz_failed": 0.0}
-    done = threading.Event()
-
-    def probe() -> None:
-        with httpx.Client(timeout=60) as client:
-            while not done.is_set():
-                started = time.perf_counter()
-                try:
-                    client.get(f"{url}/healthz").raise_for_status()
-                except httpx.HTTPError:
-                    out["healthz_failed"] += 1
-                out["healthz_worst"] = max(out["healthz_worst"], time.perf_counter() - started)
-                done.wait(0.05)
-
-    def sample() -> None:
-        while not done.is_set():
-            out["rss_peak"] = max(out["rss_peak"], float(group_rss(pgid)))
-            done.wait(0.05)
-
-    threads = [threading.Thread(target=probe), threading.Thread(target=sample)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield out
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join()
-        out["rss_after"] = float(group_rss(pgid))
-
-
-def random_hash(bits: int) -> bytes:
-    return random.getrandbits(bits).to_bytes((bits + 7) // 8, "little")
-
-
-def seed(database_url: str, records: int) -> str:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    with engine.begin() as connection:
-        collection = create_collection(connection, "default", "hostile").id
-    for start in range(0, records, 5000):
-        batch = [
-            NewRecord(f"r{i}", {"shard": i % 16}, None, 8, 8, f"c{i}", random_hash(961), random_hash(64))
-            for i in range(start, min(start + 5000, records))
-        ]
-        with engine.begin() as connection:
-            upsert_records(connection, collection, batch)
-    engine.dispose()
-    return collection
-
-
-def flood(prefix: bytes, item: bytes, suffix: bytes, size: int = FLOOD_BYTES) -> bytes:
-    count = (size - len(prefix) - len(suffix)) // (len(item) + 1)
-    return prefix + b",".join([item] * count) + suffix
 
 
 def attacks(collection: str) -> dict[str, Callable[[httpx.Client], list[httpx.Response]]]:
