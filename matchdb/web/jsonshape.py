@@ -43,16 +43,24 @@ class JsonShape:
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk).cast("B")
         for start in range(0, len(view), SLICE):
-            self._scan(np.frombuffer(view[start : start + SLICE], np.uint8))
+            self._scan(bytes(view[start : start + SLICE]))
 
-    def _scan(self, data: npt.NDArray[np.uint8]) -> None:
-        real_quotes = (data == _QUOTE) & ~self._escaped(data)
+    def _scan(self, piece: bytes) -> None:
+        if not piece:
+            return
+        plain = b"\\" not in piece and not self._backslashes  # no escapes to work out (base64, most text)
+        if plain and self._in_string and b'"' not in piece:
+            return  # inside one long string (an image's base64): nothing here is structure
+        data = np.frombuffer(piece, np.uint8)
+        real_quotes = data == _QUOTE
+        if not plain:
+            real_quotes &= ~self._escaped(data)
         quotes_before = np.cumsum(real_quotes, dtype=np.int64) + self._in_string
         outside = (quotes_before & 1) == 0  # (a quote itself is never structural, whatever this says of it)
         opens = outside & ((data == _OPENS[0]) | (data == _OPENS[1]))
         closes = outside & ((data == _CLOSES[0]) | (data == _CLOSES[1]))
         self.values += int(np.count_nonzero(opens)) + int(np.count_nonzero(outside & (data == _COMMA)))
-        depth = np.cumsum(opens.astype(np.int64) - closes, dtype=np.int64) + self.depth
+        depth = np.cumsum(opens.astype(np.int32) - closes, dtype=np.int64) + self.depth
         self._in_string = bool(quotes_before[-1] & 1)
         self.depth = int(depth[-1])
         if self.values > self.max_values:
