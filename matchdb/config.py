@@ -58,6 +58,13 @@ class Settings:
     bootstrap_token: str = ""
     max_records: int = 100
     max_body_bytes: int = 64 * MIB
+    max_json_values: int = 100_000  # values (objects, arrays, strings, numbers...) in one request body
+    max_json_depth: int = 32  # nesting of arrays and objects in one request body
+    parse_concurrency: int = 2  # large bodies parsed at once per server process (off the event loop)
+    max_k: int = 1000  # records one query may ask for: k, random's count, allIDs' page_size
+    max_answer_records: int = 10_000  # records in one answer: k x queries of a visualKNN batch
+    max_filter_keys: int = 20
+    max_filter_values: int = 1000  # values of all a filter's $in lists together
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_download_bytes: int = 20 * MIB
     fetch_connect_timeout: float = 5.0
@@ -97,7 +104,8 @@ class Settings:
 
     def validate(self) -> None:
         positive = ["max_records", "max_body_bytes", "max_pixels", "max_download_bytes", "fetch_attempts"]
-        positive += ["database_timeout", "write_attempts", "drain_timeout"]
+        positive += ["database_timeout", "write_attempts", "drain_timeout", "max_json_values", "max_json_depth"]
+        positive += ["parse_concurrency", "max_k", "max_answer_records", "max_filter_keys", "max_filter_values"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"MATCHDB_{name.upper()} must be positive")

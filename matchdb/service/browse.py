@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from matchdb.service.filters import evaluating_filter
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.rowids import Ids
 from matchdb.service.views import Fields, public_record
@@ -51,7 +52,7 @@ class RecordBrowser:
         """Row ids of the records matching ``filter_``, in insertion order."""
         if not filter_:
             return self.live_ids(collection_id)
-        with self._engine.connect() as connection:
+        with self._engine.connect() as connection, evaluating_filter():
             return matching_row_ids(connection, collection_id, filter_)
 
     def records(self, row_ids: Sequence[int] | Ids, fields: Fields) -> list[dict[str, Any]]:
@@ -88,7 +89,7 @@ class RecordBrowser:
         order = [int(ids[p]) for p in self._rng.sample(range(len(ids)), min(len(ids), self._max_probes))]
         found: list[int] = []
         tried = 0
-        with self._engine.connect() as connection:
+        with self._engine.connect() as connection, evaluating_filter():
             while len(found) < count and tried < len(order):
                 rate = max(len(found), 1) / tried if tried else 1.0
                 size = max(4 * count, 64) if not tried else math.ceil(1.5 * (count - len(found)) / rate) + 16

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
 from matchdb.index import Hit
+from matchdb.service.filters import QueryError, evaluating_filter
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import ImageLoader, LoadedRecord, RecordFailure
 from matchdb.service.stateless import shown_distance
@@ -24,14 +25,6 @@ from matchdb.storage import records as store
 from matchdb.storage.filters import filter_condition
 from matchdb.storage.schema import records as records_table
 from matchdb.storage.transactions import Writer
-
-
-class QueryError(ValueError):
-    """A query the caller got wrong (bad filter, unknown stored ``_id``): a 400 or 404 for the whole request."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
 
 
 def new_record(item: LoadedRecord) -> store.NewRecord:
@@ -221,27 +214,10 @@ class CollectionService:
 
     def _matching(self, collection_id: str, filter_: dict[str, Any]) -> set[int]:
         """Row ids of the records whose attributes match ``filter_`` (equality, or ``{"$in": [...]}``)."""
-        with self._engine.connect() as connection:
+        with self._engine.connect() as connection, evaluating_filter():
             condition = filter_condition(connection.dialect.name, filter_)
             query = select(records_table.c.id).where(records_table.c.collection_id == collection_id, condition)
             return {int(row[0]) for row in connection.execute(query)}
-
-
-def validate_filter(filter_: object) -> dict[str, Any] | None:
-    if filter_ is None:
-        return None
-    if not isinstance(filter_, dict):
-        raise QueryError(400, 'filter must be an object of attribute: value or attribute: {"$in": [values]}')
-    for key, wanted in filter_.items():
-        if isinstance(wanted, dict):
-            if set(wanted) != {"$in"} or not isinstance(wanted["$in"], list):
-                raise QueryError(400, f'filter on {key!r}: only equality and {{"$in": [...]}} are supported')
-            values = wanted["$in"]
-        else:
-            values = [wanted]
-        if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
-            raise QueryError(400, f"filter on {key!r}: values must be strings, numbers, booleans or null")
-    return filter_
 
 
 def merge_hits(answers: Sequence[Sequence[Hit]], k: int) -> list[Hit]:

@@ -22,7 +22,8 @@ def make_engine(url: str, timeout: float = 10.0) -> Engine:
 
     ``timeout`` (``MATCHDB_DATABASE_TIMEOUT``) bounds every wait for the database: a connection (Postgres connect
     timeout), a free connection in the pool, SQLite's write lock. A stopped Postgres refuses at once; pre-ping
-    replaces pooled connections that died with it, so service resumes by itself when it is back."""
+    replaces pooled connections that died with it, so service resumes by itself when it is back. Errors never show
+    a statement's parameters (``hide_parameters``): they hold callers' data, and once held megabytes of it."""
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError and friends for malformed URLs
@@ -39,13 +40,15 @@ def make_engine(url: str, timeout: float = 10.0) -> Engine:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # the user data dir on first use
         in_memory = parsed.database in (None, "", ":memory:")  # a single-connection pool, without a timeout
         pool = {} if in_memory else {"pool_timeout": timeout}
-        engine = create_engine(parsed, connect_args={"timeout": timeout}, **pool)
+        engine = create_engine(parsed, connect_args={"timeout": timeout}, hide_parameters=True, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # No server-side prepared statements: psycopg prepares a query after 5 runs, and a plan fixed while a table
     # was small made batch upserts 5x slower as it grew (measured: 0.9 s -> 8.8 s per 5,000 records).
     connect_args = {"prepare_threshold": None, "connect_timeout": max(2, math.ceil(timeout))}
-    return create_engine(parsed, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args)
+    return create_engine(
+        parsed, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args, hide_parameters=True
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

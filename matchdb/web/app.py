@@ -33,6 +33,7 @@ from matchdb.storage.database import make_engine
 from matchdb.storage.transactions import Writer
 from matchdb.web import console
 from matchdb.web.auth import Authenticator
+from matchdb.web.bodies import BodyReader
 from matchdb.web.envelope import ApiError, error_response, request_context
 from matchdb.web.guard import Guard
 from matchdb.web.methods import API_METHODS, api_routes
@@ -57,6 +58,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         own_fetcher = fetcher is None
         downloader = fetcher or fetcher_from_settings(settings)
         app.state.settings = settings
+        app.state.bodies = BodyReader(settings)
         app.state.proc_id = proc_id
         app.state.authenticator = Authenticator(engine)
         app.state.loader = loader_from_settings(settings, downloader, executor)

@@ -25,7 +25,6 @@ from matchdb.web.envelope import ApiError, RequestContext, encode_json
 from matchdb.web.requests import count_field, fields_field, query_count
 from matchdb.web.stateless import api_method
 
-MAX_RANDOM = 1000
 log = logging.getLogger("matchdb")
 
 
@@ -42,7 +41,7 @@ async def all_records(
     size = query_count(request, "size", default=0, minimum=0)
     page = query_count(request, "page", default=1, minimum=1)
     fields = fields_field(body)
-    filter_ = checked_filter(body)
+    filter_ = checked_filter(request, body)
     browser = _browser(request)
     try:
         ids = await run_in_threadpool(browser.matching, collection.id, filter_)
@@ -83,11 +82,9 @@ async def random_records(
     request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
 ) -> JSONResponse:
     collection = await collection_of(request, principal)
-    count = count_field(body, "count") or 10
-    if count > MAX_RANDOM:
-        raise ApiError(400, f"Field 'count' must be at most {MAX_RANDOM}")
+    count = count_field(body, "count", request.app.state.settings.max_k, "MATCHDB_MAX_K") or 10
     fields = fields_field(body)
-    filter_ = checked_filter(body)
+    filter_ = checked_filter(request, body)
     try:
         records = await run_in_threadpool(_browser(request).sample, collection.id, count, filter_, fields)
     except IndexLoading as exc:

@@ -13,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from matchdb.config import Settings
 from matchdb.hashing import VisualHash
-from matchdb.service.collections import Answer, CollectionService, QueryError, validate_filter
+from matchdb.service.collections import Answer, CollectionService
+from matchdb.service.filters import FilterLimits, QueryError, validate_filter
 from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure, echo_record
 from matchdb.service.views import CLIENT_ONLY, Fields, project, public_record
@@ -25,7 +27,6 @@ from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_
 from matchdb.web.requests import count_field, fields_field, flag_field, hash_types, number_field, records_field
 from matchdb.web.stateless import api_method
 
-MAX_PAGE_SIZE = 1000
 MAX_PAGE = 10**12  # allIDs: page * page_size stays a 64-bit SQL offset
 
 
@@ -81,8 +82,18 @@ def _outcome(context: RequestContext, items: list[LoadedRecord], fields: Fields 
     return context.respond({"records": [project(item.record, fields) for item in items]}, code, text)
 
 
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 def _max_records(request: Request) -> int:
-    return int(request.app.state.settings.max_records)
+    return _settings(request).max_records
+
+
+def _k(request: Request, body: dict[str, Any]) -> int | None:
+    """The request's ``k``, at most ``MATCHDB_MAX_K``."""
+    return count_field(body, "k", _settings(request).max_k, "MATCHDB_MAX_K")
 
 
 @api_method
@@ -159,9 +170,7 @@ async def all_ids(
 ) -> JSONResponse:
     collection = await collection_of(request, principal)
     page = count_field(body, "page") or 1
-    page_size = count_field(body, "page_size") or 100
-    if page_size > MAX_PAGE_SIZE:
-        raise ApiError(400, f"Field 'page_size' must be at most {MAX_PAGE_SIZE}")
+    page_size = count_field(body, "page_size", _settings(request).max_k, "MATCHDB_MAX_K") or 100
     if page > MAX_PAGE:
         raise ApiError(400, f"Field 'page' must be at most {MAX_PAGE}")
     ids, count = await _service(request).all_ids(collection.id, page, page_size)
@@ -207,12 +216,21 @@ async def _query_hashes(
     return item, values, exclude
 
 
-def checked_filter(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The request's ``filter`` (equality and ``$in`` on attributes), checked."""
+def checked_filter(request: Request, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's ``filter`` (equality and ``$in`` on attributes), checked against the server's limits."""
+    settings = _settings(request)
     try:
-        return validate_filter(body.get("filter"))
+        return validate_filter(body.get("filter"), FilterLimits(settings.max_filter_keys, settings.max_filter_values))
     except QueryError as exc:
         raise ApiError(exc.status, str(exc)) from exc
+
+
+def _check_answer_size(request: Request, k: int, queries: int) -> None:
+    """A batch answers up to ``k`` records per query: at most ``MATCHDB_MAX_ANSWER_RECORDS`` in all."""
+    limit = _settings(request).max_answer_records
+    if k * queries > limit:
+        text = f"Too many answers: k {k} x {queries} queries = {k * queries} > limit {limit}"
+        raise ApiError(400, f"{text} (MATCHDB_MAX_ANSWER_RECORDS)")
 
 
 def _answer_fields(answer: Answer) -> dict[str, Any]:
@@ -233,14 +251,15 @@ async def visual_knn(
     answers)."""
     collection = await collection_of(request, principal)
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
-    k = count_field(body, "k") or 10
+    k = _k(request, body) or 10
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
     fields = fields_field(body)
-    filter_ = checked_filter(body)
+    filter_ = checked_filter(request, body)
     batch = "query_record" not in body and "records" in body
     if batch:
         raws = records_field(body, _max_records(request))
+        _check_answer_size(request, k, len(raws))
         queries = list(await asyncio.gather(*(_load_query(request, collection.id, r, kind, dihedral) for r in raws)))
     else:
         queries = [await _query_hashes(request, context, collection.id, body, kind, dihedral)]
@@ -265,7 +284,7 @@ async def visual_rank_records(
     collection = await collection_of(request, principal)
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
     items = _ids(records_field(body, _max_records(request)))
-    k = count_field(body, "k")
+    k = _k(request, body)
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
     fields = fields_field(body)

@@ -28,6 +28,8 @@ from matchdb import metrics
 access_log = logging.getLogger("matchdb.access")
 UNMATCHED = "unmatched"  # the method label of a request no route took (404, 405)
 _IN_MESSAGE = {"method", "path", "status", "duration_ms"}  # the text format's message says them already
+MAX_MESSAGE_CHARS = 4000  # a log message, and separately a traceback, longer than this keeps its two ends
+MAX_TRACEBACK_CHARS = 16000
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -108,14 +110,14 @@ class TextFormatter(logging.Formatter):
     traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname} {record.name} {record.getMessage()}"
+        line = f"{_timestamp(record)} {record.levelname} {record.name} {_message(record)}"
         fields: dict[str, Any] = dict(getattr(record, "fields", {}))
         fields = {k: v for k, v in fields.items() if k not in _IN_MESSAGE}
         fields["request_id"] = getattr(record, "request_id", None)
         extras = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
         line = f"{line} {extras}" if extras else line
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + bounded(self.formatException(record.exc_info), MAX_TRACEBACK_CHARS)
         return line
 
 
@@ -136,13 +138,26 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _message(record),
             "request_id": getattr(record, "request_id", None),
             **getattr(record, "fields", {}),
         }
         if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
+            entry["traceback"] = bounded(self.formatException(record.exc_info), MAX_TRACEBACK_CHARS)
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text``, or its two ends when it is longer than ``limit``: an error's message can quote a whole SQL
+    statement, and one line of megabytes fills disks and log shippers."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} ...[{len(text) - 2 * half} characters cut]... {text[-half:]}"
+
+
+def _message(record: logging.LogRecord) -> str:
+    return bounded(record.getMessage(), MAX_MESSAGE_CHARS)
 
 
 def _timestamp(record: logging.LogRecord) -> str:

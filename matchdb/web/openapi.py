@@ -84,7 +84,7 @@ def document(methods: Sequence[ApiMethod], settings: Settings) -> dict[str, Any]
     )
     schemas: dict[str, Any] = top.get("$defs", {})
     for schema in schemas.values():
-        _limit_records(schema, settings.max_records)
+        _apply_limits(schema, settings)
     paths: dict[str, dict[str, Any]] = {}
     for method in methods:
         for verb in method.verbs:
@@ -195,11 +195,18 @@ def _response(code: int, method: ApiMethod) -> dict[str, Any]:
     }
 
 
-def _limit_records(schema: dict[str, Any], max_records: int) -> None:
-    """Set every ``records`` array's ``maxItems`` to the server's ``MATCHDB_MAX_RECORDS``."""
-    records = schema.get("properties", {}).get("records")
-    if records is None:
-        return
-    for variant in [records, *records.get("anyOf", [])]:
-        if "maxItems" in variant:
-            variant["maxItems"] = max_records
+def _apply_limits(schema: dict[str, Any], settings: Settings) -> None:
+    """Put the server's own limits in the schemas: ``records`` (``MATCHDB_MAX_RECORDS``), ``k``, ``count`` and
+    ``page_size`` (``MATCHDB_MAX_K``), ``filter``'s attributes (``MATCHDB_MAX_FILTER_KEYS``)."""
+    limits = {
+        "records": ("maxItems", settings.max_records),
+        "k": ("maximum", settings.max_k),
+        "count": ("maximum", settings.max_k),
+        "page_size": ("maximum", settings.max_k),
+        "filter": ("maxProperties", settings.max_filter_keys),
+    }
+    for name, (keyword, value) in limits.items():
+        field = schema.get("properties", {}).get(name)
+        for variant in [field, *field.get("anyOf", [])] if field is not None else []:
+            if keyword in variant:
+                variant[keyword] = value

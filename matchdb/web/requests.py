@@ -1,4 +1,5 @@
-"""Request parsing and validation with precise 400 messages: the body, ``records``, ``hash_type``, numbers."""
+"""Request fields, validated with precise 400 messages: ``records``, ``hash_type``, numbers, counts (the body itself is
+read by :mod:`matchdb.web.bodies`)."""
 
 from __future__ import annotations
 
@@ -11,36 +12,6 @@ from starlette.requests import Request
 from matchdb.hashing import HASH_TYPES
 from matchdb.service.views import Fields, fields_of
 from matchdb.web.envelope import ApiError
-
-
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The JSON object in the body, read with a size cap (413 beyond it)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, f"Request body too large: more than {max_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, f"Request body too large: more than {max_bytes} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body.strip():
-        return {}
-    try:
-        parsed = json.loads(body, parse_constant=_refuse_constant)
-    except RecursionError as exc:
-        raise ApiError(400, "Invalid JSON in request body: nested too deeply") from exc
-    except ValueError as exc:  # JSONDecodeError, bad UTF-8, NaN/Infinity, integers past Python's digit limit
-        raise ApiError(400, f"Invalid JSON in request body: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise ApiError(400, "Request body must be a JSON object")
-    return parsed
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def records_field(body: dict[str, Any], max_records: int, name: str = "records") -> list[Any]:
@@ -83,12 +54,16 @@ def number_field(body: dict[str, Any], name: str, default: float | None, maximum
     return float(value)
 
 
-def count_field(body: dict[str, Any], name: str) -> int | None:
+def count_field(body: dict[str, Any], name: str, maximum: int | None = None, setting: str = "") -> int | None:
+    """A positive integer; above ``maximum`` a 400 that names the limit (and the ``setting`` that raises it)."""
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ApiError(400, f"Field '{name}' must be a positive integer, got {json.dumps(value)[:40]}")
+    if maximum is not None and value > maximum:
+        named = f" ({setting})" if setting else ""
+        raise ApiError(400, f"Field '{name}' must be at most {maximum}{named}, got {str(value)[:40]}")
     return value
 
 

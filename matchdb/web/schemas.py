@@ -3,7 +3,8 @@
 They describe the contract (docs/api.md, API.md); they do not parse requests: the handlers check bodies themselves
 (:mod:`matchdb.web.requests`) to give Ximilar's precise 400 texts. Every model allows properties it does not name,
 as the API does (a record's own attributes are echoed and stored). Limits that an operator can change
-(``MATCHDB_MAX_RECORDS``) are filled in by the document generator from the running settings.
+(``MATCHDB_MAX_RECORDS``, ``MATCHDB_MAX_K``, ``MATCHDB_MAX_FILTER_KEYS``) are filled in by the document generator
+from the running settings; the figures here are the defaults.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from matchdb.web.browse import MAX_RANDOM
-from matchdb.web.collections import MAX_PAGE, MAX_PAGE_SIZE
+from matchdb.web.collections import MAX_PAGE
 
 EXAMPLE_PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAH0lEQVR42mNkYGAQYOAgHrEwCHAwMJCARjWMahg6GgC3uAoWNmq+CwAAAABJRU5Er"
@@ -139,7 +139,7 @@ class RemoveDuplicatesRequest(Records):
 class RankImagesRequest(Records):
     query_record: QueryRecord
     hash_type: HashType | None = None
-    k: int | None = Field(None, ge=1, description="At most k answers")
+    k: int | None = Field(None, ge=1, le=1000, description="At most k answers (at most MATCHDB_MAX_K)")
     radius: float | None = Field(None, ge=0, le=100, description="Only answers within this distance (percent)")
     dihedral: bool | None = Field(None, description="Also match the query rotated and mirrored")
 
@@ -163,24 +163,28 @@ class GetRequest(RefsRequest):
 
 class AllIdsRequest(_Open):
     page: int | None = Field(None, ge=1, le=MAX_PAGE, description="1-based (default 1)")
-    page_size: int | None = Field(None, ge=1, le=MAX_PAGE_SIZE, description="Default 100")
+    page_size: int | None = Field(None, ge=1, le=1000, description="Default 100, at most MATCHDB_MAX_K")
 
 
 class BrowseRequest(_Open):
     fields_to_return: list[str] | None = None
     filter: dict[str, Any] | None = Field(
-        None, description='Equality on attributes, or {"attr": {"$in": [...]}}', examples=[{"color": "red"}]
+        None,
+        max_length=20,
+        description='Equality on attributes, or {"attr": {"$in": [...]}}: at most MATCHDB_MAX_FILTER_KEYS attributes '
+        "and MATCHDB_MAX_FILTER_VALUES values",
+        examples=[{"color": "red"}],
     )
 
 
 class RandomRequest(BrowseRequest):
-    count: int | None = Field(None, ge=1, le=MAX_RANDOM, description="Default 10")
+    count: int | None = Field(None, ge=1, le=1000, description="Default 10, at most MATCHDB_MAX_K")
 
 
 class VisualKnnRequest(BrowseRequest):
     query_record: QueryRecord | None = Field(None, description="The query (or several, as records)")
     records: list[QueryRecord] | None = Field(None, min_length=1, max_length=100)
-    k: int | None = Field(None, ge=1, description="Default 10")
+    k: int | None = Field(None, ge=1, le=1000, description="Default 10, at most MATCHDB_MAX_K")
     radius: float | None = Field(None, ge=0, le=100)
     hash_type: HashType | None = None
     dihedral: bool | None = None
@@ -189,7 +193,7 @@ class VisualKnnRequest(BrowseRequest):
 class VisualRankRecordsRequest(_Open):
     query_record: QueryRecord
     records: list[RecordRef] = Field(min_length=1, max_length=100)
-    k: int | None = Field(None, ge=1)
+    k: int | None = Field(None, ge=1, le=1000, description="At most MATCHDB_MAX_K")
     radius: float | None = Field(None, ge=0, le=100)
     hash_type: HashType | None = None
     dihedral: bool | None = None

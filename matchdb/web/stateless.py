@@ -15,13 +15,15 @@ from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.hashing import HASH_TYPES
 from matchdb.service import stateless as service
+from matchdb.service.filters import QueryError
 from matchdb.service.records import ImageLoader
 from matchdb.storage.collections import list_collections
 from matchdb.storage.transactions import unavailable
 from matchdb.web.auth import Authenticator, Principal
+from matchdb.web.bodies import BodyReader
 from matchdb.web.browser import refuse_cross_site
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, request_context, stamp_statuses
-from matchdb.web.requests import count_field, flag_field, hash_types, number_field, read_json, records_field
+from matchdb.web.requests import count_field, flag_field, hash_types, number_field, records_field
 
 SERVICE_INFO = {
     "_name": "Image matching service",
@@ -32,7 +34,8 @@ Handler = Callable[[Request, RequestContext, Principal, dict[str, Any]], Awaitab
 
 
 def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a method: request context, authentication, JSON body; ApiError becomes the enveloped error."""
+    """Wrap a method: request context, authentication, JSON body; ApiError and QueryError become the enveloped
+    error."""
 
     async def endpoint(request: Request) -> Response:
         context = request_context(request)
@@ -40,8 +43,8 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             authenticator: Authenticator = request.app.state.authenticator
             principal = await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
             request.state.workspace = principal.workspace
-            settings: Settings = request.app.state.settings
-            body = await read_json(request, settings.max_body_bytes) if request.method == "POST" else {}
+            bodies: BodyReader = request.app.state.bodies
+            body = await bodies.read(request) if request.method == "POST" else {}
             if principal.token_id is None:  # open: no token stops another site's page (see web/browser.py)
                 refuse_cross_site(request, body)
             records = body.get("records")
@@ -49,6 +52,8 @@ def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, context, principal, body)
         except ApiError as exc:
             return context.respond({}, exc.status, exc.text)
+        except QueryError as exc:  # a filter the database refused, found only when the query runs
+            return context.respond({}, exc.status, str(exc))
 
     return endpoint
 
@@ -58,9 +63,13 @@ def _loader(request: Request) -> ImageLoader:
     return loader
 
 
-def _max_records(request: Request) -> int:
+def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
-    return settings.max_records
+    return settings
+
+
+def _max_records(request: Request) -> int:
+    return _settings(request).max_records
 
 
 def _own_collections(request: Request, workspace: str) -> set[str]:
@@ -129,7 +138,7 @@ async def rank_images(
         raise ApiError(400, "Missing field 'query_record' (an object with _url or _base64)")
     records = records_field(body, _max_records(request))
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
-    k = count_field(body, "k")
+    k = count_field(body, "k", _settings(request).max_k, "MATCHDB_MAX_K")
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
     loader = _loader(request)
