@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from matchdb.storage.database import make_engine, upgrade  # noqa: E402
 from tests.conftest import fresh_postgres_database  # noqa: E402
 from tests.load import (  # noqa: E402
+    ANSWER_ALL,
     Images,
     Load,
     Result,
@@ -158,7 +159,9 @@ def verify(url: str, server_url: str | None, collection: str, results: list[Resu
 
 
 def start_server(url: str, workers: int, timeout: float) -> contextlib.AbstractContextManager[RunningServer]:
-    return matchdb_server({"MATCHDB_DATABASE_URL": url, "MATCHDB_DATABASE_TIMEOUT": str(timeout)}, workers)
+    return matchdb_server(
+        {"MATCHDB_DATABASE_URL": url, "MATCHDB_DATABASE_TIMEOUT": str(timeout), **ANSWER_ALL}, workers
+    )
 
 
 def run_load(args: argparse.Namespace, images: Images) -> dict[str, Any]:

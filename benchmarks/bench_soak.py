@@ -42,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.bench_reliability import database, verify  # noqa: E402
-from tests.load import DEFAULT_MIX, Images, Load, Result, make_images, new_collection  # noqa: E402
+from tests.load import ANSWER_ALL, DEFAULT_MIX, Images, Load, Result, make_images, new_collection  # noqa: E402
 from tests.servers import matchdb_server  # noqa: E402
 
 GROW_MIX = {**DEFAULT_MIX}
@@ -201,7 +201,10 @@ def main() -> None:
         f"soak: {args.database}, --workers {args.workers}, {args.clients} clients, {args.duration:g} s "
         f"({args.grow:.0%} growing), {platform.python_version()}, {psutil.cpu_count()} cores"
     )
-    with database(args.database) as url, matchdb_server({"MATCHDB_DATABASE_URL": url}, args.workers) as server:
+    with (
+        database(args.database) as url,
+        matchdb_server({"MATCHDB_DATABASE_URL": url, **ANSWER_ALL}, args.workers) as server,
+    ):
         collection = new_collection(server.url, "soak")
         windows, results = asyncio.run(soak(args, server.url, server.process.pid, collection, images))
         results_total = sum(w.requests for w in windows)

@@ -51,6 +51,8 @@ DEFAULT_MIX: Mapping[str, int] = {
 INSERTS = ("insert_race", "insert_new", "insert_del", "insert_old")  # insert_old: benchmarks/bench_soak.py
 NEW_BATCH = 5  # records per insert_new request
 REQUEST_TIMEOUT = 30.0
+#: Settings for a server that :func:`check_index` checks: it asks for every record holding an image in one answer.
+ANSWER_ALL = {"MATCHDB_MAX_K": "10000000", "MATCHDB_MAX_ANSWER_RECORDS": "10000000"}
 
 
 @dataclass(frozen=True)
@@ -336,7 +338,8 @@ def check_stored(rows: Mapping[str, StoredRow], results: Iterable[Result], image
 
 def check_index(url: str, collection: str, rows: Mapping[str, StoredRow], images: Images, rounds: int = 2) -> list[str]:
     """The in-memory index answers as the database: for each image, visualKNN with radius 0 returns exactly the
-    records holding it. Each query is on a new connection, so both workers of ``--workers 2`` get asked."""
+    records holding it. Each query is on a new connection, so both workers of ``--workers 2`` get asked. The server
+    must allow answers that large (:data:`ANSWER_ALL`)."""
     holders: dict[str, set[str]] = defaultdict(set)
     for row in rows.values():
         holders[row.checksum].add(row.ext_id)

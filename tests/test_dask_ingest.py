@@ -198,7 +198,14 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
 ) -> None:
     process = started_and_storing(database, cluster, folder, "killed", 12)
     with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
-        busy = {address: keys for address, keys in client.processing().items() if keys}
+        # between two chunks no worker may be running one for a moment (the client stores a chunk's results
+        # before it hands out the next): wait for one that is
+        busy: dict[str, Any] = {}
+        deadline = time.monotonic() + 60
+        while not busy and process.poll() is None and time.monotonic() < deadline:
+            busy = {address: keys for address, keys in client.processing().items() if keys}
+            if not busy:
+                time.sleep(0.02)
         assert busy, "no worker is running a chunk"
         victim = sorted(busy)[0]
         assert any(key.startswith("matchdb-ingest-") for key in busy[victim])

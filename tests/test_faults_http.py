@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from tests.load import (
+    ANSWER_ALL,
     INSERTS,
     Images,
     Load,
@@ -46,7 +47,9 @@ def images() -> Images:
 
 @pytest.fixture
 def server(database_url: str) -> Iterator[RunningServer]:
-    with matchdb_server({"MATCHDB_DATABASE_URL": database_url}, workers=2, timeout=START_TIMEOUT) as running:
+    with matchdb_server(
+        {"MATCHDB_DATABASE_URL": database_url, **ANSWER_ALL}, workers=2, timeout=START_TIMEOUT
+    ) as running:
         yield running
 
 
@@ -116,7 +119,9 @@ def test_sigkill_mid_insert_batches_loses_no_acknowledged_record_and_no_batch_in
     assert partial_batches(rows, results) == []
 
     # A server started afterwards serves exactly what is stored.
-    with matchdb_server({"MATCHDB_DATABASE_URL": database_url}, workers=2, timeout=START_TIMEOUT) as again:
+    with matchdb_server(
+        {"MATCHDB_DATABASE_URL": database_url, **ANSWER_ALL}, workers=2, timeout=START_TIMEOUT
+    ) as again:
         assert check_index(again.url, collection, rows, images) == []
 
 

@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import fresh_postgres_database
 from tests.load import (
+    ANSWER_ALL,
     COLLECTION_OPS,
     Images,
     Load,
@@ -74,8 +75,10 @@ async def _outage(load: Load, database: PrivatePostgres) -> tuple[list[Result], 
         # while it was still shutting down may rightly succeed.
         stopped_at = time.monotonic()
         await asyncio.sleep(OUTAGE)
-        await asyncio.to_thread(database.start)
+        # ... and ends when starting begins: Postgres accepts connections before `pg_ctl start -w` returns, so a
+        # request that waited for its connection may rightly be served before the start has returned.
         back_at = time.monotonic()
+        await asyncio.to_thread(database.start)
         await asyncio.sleep(AFTER)
     finally:
         stop.set()
@@ -90,7 +93,7 @@ def test_postgres_stopped_under_load_503s_then_recovers_and_loses_no_acknowledge
     images: Images = make_images()
     url, _drop = fresh_postgres_database(private_pg.server_url)  # no need to drop it: the cluster goes
     if True:
-        env = {"MATCHDB_DATABASE_URL": url, "MATCHDB_DATABASE_TIMEOUT": str(DATABASE_TIMEOUT)}
+        env = {"MATCHDB_DATABASE_URL": url, "MATCHDB_DATABASE_TIMEOUT": str(DATABASE_TIMEOUT), **ANSWER_ALL}
         with matchdb_server(env, workers=2, timeout=60) as server:  # a busy machine: slow start
             collection = new_collection(server.url, "outage")
             mix = {"insert_new": 3, "insert_race": 2, "knn": 3, "get": 1, "hash": 2}

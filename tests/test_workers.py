@@ -368,7 +368,7 @@ def test_writes_during_rebuild_index_are_seen_after_it_by_every_worker(pg_url: s
         ]
         upsert_records(connection, collection, duplicates)
     engine.dispose()
-    env = {"MATCHDB_DATABASE_URL": pg_url}
+    env = {"MATCHDB_DATABASE_URL": pg_url, "MATCHDB_MAX_K": "100000"}  # (a k that reaches every twin)
     with matchdb_server(env, workers=2) as server:
         loop = QueryLoop(server.url, collection, quick, k=1)
         writer = TwinWriter(pg_url, collection, stored)
@@ -395,7 +395,7 @@ def test_writes_during_rebuild_index_are_seen_after_it_by_every_worker(pg_url: s
         lost: dict[str, str] = {}
         with contextlib.ExitStack() as stack:
             for worker, client in clients_per_worker(stack, server.url, collection, 2).items():
-                body = {"query_record": {"_id": quick[0]}, "k": 10 * len(writer.twins), "filter": {"twin": 1}}
+                body = {"query_record": {"_id": quick[0]}, "k": len(writer.twins) + 10, "filter": {"twin": 1}}
                 response = client.post("/v2/visualKNN", json=body)
                 answer: dict[str, Any] = response.json()
                 assert response.status_code == 200 and proc_id(answer) == worker, answer
