@@ -6,7 +6,7 @@ transaction, with their change-log entries); answers come from the in-memory ind
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
 from matchdb.index import Hit
 from matchdb.service.filters import QueryError, evaluating_filter
-from matchdb.service.indexes import IndexRegistry
+from matchdb.service.indexes import CollectionIndex, IndexRegistry
 from matchdb.service.records import ImageLoader, LoadedRecord, RecordFailure
 from matchdb.service.stateless import shown_distance
 from matchdb.service.views import Fields, public_record, stored_attributes
@@ -150,10 +150,8 @@ class CollectionService:
         evaluated once and the index caught up once (visualKNN's batch form, ``records`` instead of
         ``query_record``)."""
 
-        def run() -> list[Answer]:
-            allowed = self._matching(collection_id, filter_) if filter_ else None
-            loaded = self._registry.get(collection_id, self._index_wait)
-            answers = []
+        def search(loaded: CollectionIndex, allowed: set[int] | None) -> list[tuple[str, list[Hit]]]:
+            found = []
             for queries, exclude in searches:
 
                 def accept(key: int, exclude: int | None = exclude) -> bool:
@@ -163,9 +161,21 @@ class CollectionService:
                 max_bits = None if radius is None else max_bits_within(radius, kind)
                 check = accept if (allowed is not None or exclude) else None
                 index = loaded.by_kind[kind]
-                hits = merge_hits([index.nearest(query.as_int(), k, max_bits, check) for query in queries], k)
-                answers.append(self._answer(hits, kind, fields))
-            return answers
+                found.append((kind, merge_hits([index.nearest(q.as_int(), k, max_bits, check) for q in queries], k)))
+            return found
+
+        def run() -> list[Answer]:
+            allowed = self._matching(collection_id, filter_) if filter_ else None
+            # First without a catch-up: the records are fetched with the change log's last number, and if the index
+            # had applied every change up to it, the answer is as current as a catch-up would have made it (one
+            # round trip). Otherwise catch up and search again, as before.
+            seen = self._registry.seq
+            found = search(self._registry.current(collection_id, self._index_wait), allowed)
+            stored, latest = self._fetch(hit.key for _, hits in found for hit in hits)
+            if seen < 0 or latest > seen:
+                found = search(self._registry.get(collection_id, self._index_wait), allowed)
+                stored, _ = self._fetch(hit.key for _, hits in found for hit in hits)
+            return [self._answer(hits, kind, fields, stored) for kind, hits in found]
 
         return await run_in_threadpool(run)
 
@@ -199,9 +209,13 @@ class CollectionService:
         )
         return answer, [e for e in ext_ids if e not in stored]
 
-    def _answer(self, hits: Sequence[Any], kind: str, fields: Fields) -> Answer:
-        with self._engine.connect() as connection:
-            stored = store.get_by_row_ids(connection, [hit.key for hit in hits])
+    def _fetch(self, row_ids: Iterable[int]) -> tuple[dict[int, store.StoredRecord], int]:
+        """The records of these row ids and the change log's last number, in one statement (autocommit: no BEGIN
+        and ROLLBACK around it)."""
+        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            return store.get_by_row_ids_as_of(connection, list(dict.fromkeys(row_ids)))
+
+    def _answer(self, hits: Sequence[Hit], kind: str, fields: Fields, stored: dict[int, store.StoredRecord]) -> Answer:
         answer = Answer()
         for hit in hits:
             record = stored.get(hit.key)

@@ -94,6 +94,11 @@ class IndexRegistry:
     def get(self, collection_id: str, wait: float = 30.0) -> CollectionIndex:
         """The collection's indexes, current as of now; waits up to ``wait`` seconds for a load in progress."""
         self.catch_up()
+        return self.current(collection_id, wait)
+
+    def current(self, collection_id: str, wait: float = 30.0) -> CollectionIndex:
+        """The collection's indexes as they are, without a catch-up: current as of :attr:`seq` (the caller checks
+        that nothing changed since, e.g. with ``records.get_by_row_ids_as_of``); waits for a load like :meth:`get`."""
         loaded = self._ensure_loading(collection_id, background=True)
         if not loaded.ready.wait(wait):
             raise IndexLoading(f"the index of this collection is still loading (waited {wait:g} s); retry shortly")
@@ -139,7 +144,7 @@ class IndexRegistry:
 
     def _watch_connection(self) -> Connection:
         """A connection kept for catch-up, in autocommit: the idle check is then one round trip (a pooled
-        connection adds a pre-ping, BEGIN and ROLLBACK, ~4x the cost), and each statement sees every commit."""
+        connection adds BEGIN and ROLLBACK, ~3x the cost), and each statement sees every commit."""
         if self._watch is None or self._watch.closed or self._watch.invalidated:
             self._watch = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return self._watch

@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import time
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from matchdb.errors import ConfigError
 
@@ -21,8 +25,9 @@ def make_engine(url: str, timeout: float = 10.0) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout so several processes can share it.
 
     ``timeout`` (``MATCHDB_DATABASE_TIMEOUT``) bounds every wait for the database: a connection (Postgres connect
-    timeout), a free connection in the pool, SQLite's write lock. A stopped Postgres refuses at once; pre-ping
-    replaces pooled connections that died with it, so service resumes by itself when it is back. Errors never show
+    timeout), a free connection in the pool, SQLite's write lock. A stopped Postgres refuses at once; a ping of
+    connections idle for a while (:func:`_ping_if_idle`) replaces pooled connections that died with it, so service
+    resumes by itself when it is back. Errors never show
     a statement's parameters (``hide_parameters``): they hold callers' data, and once held megabytes of it."""
     try:
         parsed = make_url(url)
@@ -46,9 +51,36 @@ def make_engine(url: str, timeout: float = 10.0) -> Engine:
     # No server-side prepared statements: psycopg prepares a query after 5 runs, and a plan fixed while a table
     # was small made batch upserts 5x slower as it grew (measured: 0.9 s -> 8.8 s per 5,000 records).
     connect_args = {"prepare_threshold": None, "connect_timeout": max(2, math.ceil(timeout))}
-    return create_engine(
-        parsed, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args, hide_parameters=True
-    )
+    engine = create_engine(parsed, pool_timeout=timeout, connect_args=connect_args, hide_parameters=True)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+PING_IDLE_SECONDS = 1.0  # a pooled connection idle longer than this is pinged before use
+
+
+def _note_checkin(_dbapi_connection: object, record: ConnectionPoolEntry) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: object) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, but only for a connection idle longer than ``PING_IDLE_SECONDS``.
+
+    Why: a ping before every checkout is a round trip per request (with a busy pool, the connection was in use a
+    moment ago). A connection that died while idle (Postgres restarted) is still replaced before use: raising
+    ``DisconnectionError`` here makes the pool discard it and connect anew. One that dies in use fails its
+    statement, and SQLAlchemy then invalidates the whole pool (every older connection reconnects)."""
+    if time.monotonic() - record.info.get("checked_in", math.inf) <= PING_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:  # any failure: the connection is no good
+        raise DisconnectionError(str(exc)) from exc
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
