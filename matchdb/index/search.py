@@ -105,7 +105,8 @@ def tree_range(tree: Tree, distance: Distance, radius: int) -> tuple[Ints, Ints]
             return bits[alive], tree.key_at(pos[alive])
     if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[0]:
         found = _pivot_runs(tree, distance, radius)
-    if found is None and scan.available():  # pruning keeps too much: a plain scan is faster
+    # pruning keeps too much: a plain scan is faster (compiled for long hashes; numpy's is as fast on one word)
+    if found is None and tree.words.shape[1] > 1 and scan.available():
         pos, bits = scan.scan(tree.words, distance.query, tree.alive, tree.nbits, radius)
         return bits, tree.key_at(pos)
     if found is None:
