@@ -63,6 +63,7 @@ class Settings:
     parse_concurrency: int = 2  # large bodies parsed at once per server process (off the event loop)
     max_k: int = 1000  # records one query may ask for: k, random's count, allIDs' page_size
     max_answer_records: int = 10_000  # records in one answer: k x queries of a visualKNN batch
+    max_attribute_bytes: int = 64 * 1024  # one record's stored attributes, as JSON (insert and update)
     max_filter_keys: int = 20
     max_filter_values: int = 1000  # values of all a filter's $in lists together
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -106,6 +107,7 @@ class Settings:
         positive = ["max_records", "max_body_bytes", "max_pixels", "max_download_bytes", "fetch_attempts"]
         positive += ["database_timeout", "write_attempts", "drain_timeout", "max_json_values", "max_json_depth"]
         positive += ["parse_concurrency", "max_k", "max_answer_records", "max_filter_keys", "max_filter_values"]
+        positive += ["max_attribute_bytes"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"MATCHDB_{name.upper()} must be positive")

@@ -79,16 +79,17 @@ def random_hash(bits: int) -> bytes:
     return random.getrandbits(bits).to_bytes((bits + 7) // 8, "little")
 
 
-def seed(database_url: str, records: int) -> str:
-    """A collection ``hostile`` of workspace ``default`` holding ``records`` records ``r0``, ``r1``, ... (random
-    hashes, attribute ``shard`` = i % 16), stored directly; returns its id."""
+def seed(database_url: str, records: int, name: str = "hostile", padding: int = 0) -> str:
+    """A collection ``name`` of workspace ``default`` holding ``records`` records ``r0``, ``r1``, ... (random
+    hashes, attribute ``shard`` = i % 16, and ``pad``: ``padding`` characters), stored directly; returns its id."""
     engine = make_engine(database_url)
     upgrade(engine)
     with engine.begin() as connection:
-        collection = create_collection(connection, "default", "hostile").id
+        collection = create_collection(connection, "default", name).id
+    extra = {"pad": "p" * padding} if padding else {}
     for start in range(0, records, 5000):
         batch = [
-            NewRecord(f"r{i}", {"shard": i % 16}, None, 8, 8, f"c{i}", random_hash(961), random_hash(64))
+            NewRecord(f"r{i}", {"shard": i % 16, **extra}, None, 8, 8, f"c{i}", random_hash(961), random_hash(64))
             for i in range(start, min(start + 5000, records))
         ]
         with engine.begin() as connection:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 DATA = Path(__file__).parent / "data"
 
@@ -142,3 +143,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
     finally:
         drop()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on :func:`database_url`, disposed after the test."""
+    from matchdb.storage.database import make_engine
+
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()

@@ -17,7 +17,6 @@ from matchdb.service.browse import RecordBrowser
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.rowids import RowIds
 from matchdb.storage.collections import create_collection
-from matchdb.storage.database import make_engine
 from matchdb.storage.records import NewRecord, delete_records, upsert_records
 from matchdb.web.app import create_app
 from tests.test_collections_api import Api, image_b64
@@ -28,13 +27,6 @@ from tests.test_index_registry import random_bmh1
 def client(database_url: str) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(database_url=database_url, hash_threads=2))) as client:
         yield client
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def shop(client: TestClient, count: int = 23, name: str = "shop") -> Api:

@@ -20,6 +20,7 @@ from tests.servers import RunningServer, matchdb_server
 
 TOKEN = "hostile-caller-token-0123456789"
 RSS_GROWTH = 400 * MIB  # the floods grew the server by 1.7 GB before; a few MB now
+ANSWER_GROWTH = 150 * MIB  # a 180 MB answer built whole grew the server by more than that; a chunk is 15 MB
 HEALTHZ_WORST = 10.0  # seconds: /healthz answered, whatever else is running on the machine
 Served = tuple[RunningServer, httpx.Client]
 
@@ -101,6 +102,24 @@ def test_filters_are_capped_and_one_statement(server: Served) -> None:
     mixed = {"filter": {"shard": {"$in": [3, "3", True]}}, "fields_to_return": ["_id"]}
     browse = attack(server, "/v2/allRecords", mixed)
     assert browse[0].status_code == 200 and browse[0].json()["answer_count"] == 2000 // 16
+
+
+def test_a_large_answer_is_streamed_a_chunk_at_a_time(server: Served) -> None:
+    """10 queries x k 300 over records of 60 KB each: a 180 MB answer, which the server held several times over
+    when it built answers whole; now at most a chunk of records (256) at a time."""
+    running, client = server
+    fat = seed(f"sqlite:///{running.log_path.parent / 'db.sqlite3'}", 300, name="fat", padding=60_000)
+    body = {"records": [{"_id": f"r{i}"} for i in range(10)], "k": 300, "fields_to_return": ["*"]}
+    size, tail = 0, b""
+    request = client.stream("POST", "/v2/visualKNN", json=body, headers={"collection-id": fat})
+    with watched(running.url, running.process.pid) as seen, request as answer:
+        assert answer.status_code == 200 and "content-length" not in answer.headers
+        for piece in answer.iter_bytes():
+            size, tail = size + len(piece), (tail + piece)[-4000:]
+    assert size > 10 * 299 * 60_000, size  # every answer record came, with its attributes
+    assert b'"status":{"code":200,"text":"OK"' in tail and tail.endswith(b"}}"), tail[-500:]
+    assert seen["rss_peak"] - seen["rss_before"] < ANSWER_GROWTH, seen
+    assert seen["healthz_failed"] == 0 and seen["healthz_worst"] < HEALTHZ_WORST, seen
 
 
 def test_what_held_still_holds(server: Served) -> None:

@@ -148,7 +148,9 @@ def test_with_tokens_the_content_type_is_not_required(secured: Secured) -> None:
 
 def test_open_mode_answers_only_loopback_host_names(open_url: str) -> None:
     port = open_url.rsplit(":", 1)[1]
-    assert httpx.post(f"{open_url}/v2/ping", headers={"Host": "evil.example"}).status_code == 400
+    refused = httpx.post(f"{open_url}/v2/ping", headers={"Host": "evil.example"})
+    assert refused.status_code == 400 and refused.json()["status"]["code"] == 400  # in the envelope
+    assert "MATCHDB_ALLOWED_HOSTS" in refused.json()["status"]["text"]
     assert (
         httpx.post(f"{open_url}/v2/collections", json={"name": "rebound"}, headers={"Host": "evil.example"}).status_code
         == 400

@@ -5,29 +5,19 @@ served by ``/v2/thumbnail``, gone with their record or collection, absent with `
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
 
 from matchdb.config import Settings
-from matchdb.storage.database import make_engine
 from matchdb.storage.schema import thumbnails
 from matchdb.web.app import create_app
 from tests.imagegen import encode, photo_like
 from tests.servers import run_matchdb
 from tests.test_collections_api import Api, b64, image_b64, token
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def client_for(database_url: str, **settings: object) -> TestClient:

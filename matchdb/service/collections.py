@@ -7,20 +7,21 @@ transaction, with their change-log entries); answers come from the in-memory ind
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
+from matchdb.config import Settings
 from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
 from matchdb.index import Hit
+from matchdb.service.answers import ANSWER_CHUNK, Answer, ChunkedAnswers
 from matchdb.service.filters import QueryError, evaluating_filter
 from matchdb.service.indexes import CollectionIndex, IndexRegistry
 from matchdb.service.records import ImageLoader, LoadedRecord, RecordFailure
 from matchdb.service.stateless import shown_distance
-from matchdb.service.views import Fields, public_record, stored_attributes
+from matchdb.service.views import Fields, oversized_attributes, public_record, stored_attributes
 from matchdb.storage import records as store
 from matchdb.storage.filters import filter_condition
 from matchdb.storage.schema import records as records_table
@@ -44,15 +45,6 @@ def new_record(item: LoadedRecord) -> store.NewRecord:
     )
 
 
-@dataclass
-class Answer:
-    """visualKNN / visualRankRecords answer."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    distances: list[float] = field(default_factory=list)
-    hamming: list[int] = field(default_factory=list)
-
-
 class CollectionService:
     def __init__(
         self,
@@ -61,8 +53,10 @@ class CollectionService:
         registry: IndexRegistry,
         index_wait: float = 30.0,
         writer: Writer | None = None,
+        max_attribute_bytes: int = Settings.max_attribute_bytes,
     ) -> None:
         self._engine = engine
+        self._max_attribute_bytes = max_attribute_bytes
         self._loader = loader
         self._registry = registry
         self._index_wait = index_wait
@@ -74,11 +68,15 @@ class CollectionService:
         seen: set[str] = set()
         for index, item in enumerate(loaded):
             ext_id = str(item.record.get("_id"))
-            if item.failure is None and ext_id in seen:
-                loaded[index] = LoadedRecord(
-                    item.record, None, RecordFailure(400, f"_id {ext_id!r} repeated in request")
-                )
+            repeated = ext_id in seen
             seen.add(ext_id)
+            if item.failure is not None:
+                continue
+            reason = oversized_attributes(stored_attributes(item.record), self._max_attribute_bytes)
+            if repeated:
+                reason = f"_id {ext_id!r} repeated in request"
+            if reason:
+                loaded[index] = LoadedRecord(item.record, None, RecordFailure(400, reason))
         batch = [new_record(item) for item in loaded if item.failure is None]
         await run_in_threadpool(
             self._writer.run, lambda connection: store.upsert_records(connection, collection_id, batch)
@@ -90,12 +88,19 @@ class CollectionService:
             self._writer.run, lambda connection: store.delete_records(connection, collection_id, ext_ids)
         )
 
-    async def update(self, collection_id: str, patches: dict[str, dict[str, Any]]) -> dict[str, store.StoredRecord]:
-        """Merge each patch; returns the updated records as stored (those that exist)."""
+    async def update(
+        self, collection_id: str, patches: dict[str, dict[str, Any]]
+    ) -> dict[str, store.StoredRecord | str]:
+        """Merge each patch; returns the updated records as stored (those that exist), or why a record was left
+        as it was (its merged attributes would be past ``MATCHDB_MAX_ATTRIBUTE_BYTES``)."""
+        limit = self._max_attribute_bytes
 
-        def write(connection: Connection) -> dict[str, store.StoredRecord]:
-            merged = store.update_attributes(connection, collection_id, patches)
-            return store.get_records(connection, collection_id, list(merged))
+        def write(connection: Connection) -> dict[str, store.StoredRecord | str]:
+            refused = store.update_attributes(
+                connection, collection_id, patches, lambda a: oversized_attributes(a, limit)
+            )
+            written = store.get_records(connection, collection_id, [e for e, why in refused.items() if why is None])
+            return {ext_id: why or written[ext_id] for ext_id, why in refused.items()}
 
         return await run_in_threadpool(self._writer.run, write)
 
@@ -134,8 +139,8 @@ class CollectionService:
         ``queries`` is one hash, or the hashes of the query's orientations (``dihedral``): a record's distance is
         then its smallest over them, and the answer stays exact (see :func:`merge_hits`).
         """
-        (answer,) = await self.knn_many(collection_id, [(queries, exclude)], k, radius, filter_, fields)
-        return answer
+        answers = await self.knn_many(collection_id, [(queries, exclude)], k, radius, filter_, fields)
+        return answers.answer(0) if answers.fits_one_chunk else await run_in_threadpool(answers.answer, 0)
 
     async def knn_many(
         self,
@@ -145,10 +150,10 @@ class CollectionService:
         radius: float | None,
         filter_: dict[str, Any] | None,
         fields: Fields,
-    ) -> list[Answer]:
+    ) -> ChunkedAnswers:
         """:meth:`knn` for several queries (each its hashes and the row id it excludes) in one go: the filter is
         evaluated once and the index caught up once (visualKNN's batch form, ``records`` instead of
-        ``query_record``)."""
+        ``query_record``). The answers' first chunk of records is fetched here; the rest while they are read."""
 
         def search(loaded: CollectionIndex, allowed: set[int] | None) -> list[tuple[str, list[Hit]]]:
             found = []
@@ -164,18 +169,18 @@ class CollectionService:
                 found.append((kind, merge_hits([index.nearest(q.as_int(), k, max_bits, check) for q in queries], k)))
             return found
 
-        def run() -> list[Answer]:
+        def run() -> ChunkedAnswers:
             allowed = self._matching(collection_id, filter_) if filter_ else None
             # First without a catch-up: the records are fetched with the change log's last number, and if the index
             # had applied every change up to it, the answer is as current as a catch-up would have made it (one
             # round trip). Otherwise catch up and search again, as before.
             seen = self._registry.seq
             found = search(self._registry.current(collection_id, self._index_wait), allowed)
-            stored, latest = self._fetch(hit.key for _, hits in found for hit in hits)
+            stored, latest = self._fetch(first_chunk(found))
             if seen < 0 or latest > seen:
                 found = search(self._registry.get(collection_id, self._index_wait), allowed)
-                stored, _ = self._fetch(hit.key for _, hits in found for hit in hits)
-            return [self._answer(hits, kind, fields, stored) for kind, hits in found]
+                stored, _ = self._fetch(first_chunk(found))
+            return ChunkedAnswers(found, fields, self._fetch_chunk, stored)
 
         return await run_in_threadpool(run)
 
@@ -215,16 +220,8 @@ class CollectionService:
         with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             return store.get_by_row_ids_as_of(connection, list(dict.fromkeys(row_ids)))
 
-    def _answer(self, hits: Sequence[Hit], kind: str, fields: Fields, stored: dict[int, store.StoredRecord]) -> Answer:
-        answer = Answer()
-        for hit in hits:
-            record = stored.get(hit.key)
-            if record is None:  # deleted between the index lookup and now
-                continue
-            answer.records.append(public_record(record, fields))
-            answer.distances.append(shown_distance(hit.bits, kind))
-            answer.hamming.append(hit.bits)
-        return answer
+    def _fetch_chunk(self, row_ids: Sequence[int]) -> dict[int, store.StoredRecord]:
+        return self._fetch(row_ids)[0]
 
     def _matching(self, collection_id: str, filter_: dict[str, Any]) -> set[int]:
         """Row ids of the records whose attributes match ``filter_`` (equality, or ``{"$in": [...]}``)."""
@@ -232,6 +229,11 @@ class CollectionService:
             condition = filter_condition(connection.dialect.name, filter_)
             query = select(records_table.c.id).where(records_table.c.collection_id == collection_id, condition)
             return {int(row[0]) for row in connection.execute(query)}
+
+
+def first_chunk(found: Sequence[tuple[str, Sequence[Hit]]]) -> list[int]:
+    """The row ids of the answers' first chunk, in answer order."""
+    return [hit.key for _, hits in found for hit in hits][:ANSWER_CHUNK]
 
 
 def merge_hits(answers: Sequence[Sequence[Hit]], k: int) -> list[Hit]:

@@ -7,6 +7,7 @@ stored key: ``_id``, the attributes, ``_url`` when the record was fetched from o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -64,3 +65,12 @@ def project(record: dict[str, Any], fields: Fields) -> dict[str, Any]:
 def stored_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
     """The attributes of a request record that are stored: every key but COMPUTED ones."""
     return {key: value for key, value in record.items() if key not in COMPUTED}
+
+
+def oversized_attributes(attributes: Mapping[str, Any], limit: int) -> str | None:
+    """Why ``attributes`` may not be stored (their JSON is past ``limit`` bytes), or ``None``. The cap keeps every
+    answer's cost bounded: an answer holds at most a chunk of records at a time, each at most this large."""
+    size = len(json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return None
+    return f"attributes are {size} bytes as JSON, more than {limit} (MATCHDB_MAX_ATTRIBUTE_BYTES)"

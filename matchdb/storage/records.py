@@ -8,7 +8,7 @@ change-log entries. Functions never commit. Writers run them in
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -215,15 +215,18 @@ def delete_records(connection: Connection, collection_id: str, ext_ids: Sequence
 
 
 def update_attributes(
-    connection: Connection, collection_id: str, patches: Mapping[str, Mapping[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Merge each patch into the stored attributes (a ``None`` value removes the key); returns the new attributes
-    of the records that exist. Hashes never change here. It reads, then writes: run it in a
-    :func:`~matchdb.storage.transactions.write_transaction`, whose writers take turns, so no other write can slip
-    in between."""
+    connection: Connection,
+    collection_id: str,
+    patches: Mapping[str, Mapping[str, Any]],
+    refuse: Callable[[dict[str, Any]], str | None] = lambda _: None,
+) -> dict[str, str | None]:
+    """Merge each patch into the stored attributes (a ``None`` value removes the key), for the records that exist;
+    returns, for each of them, ``None`` when written or why ``refuse`` kept it as it was. Hashes never change here.
+    It reads, then writes: run it in a :func:`~matchdb.storage.transactions.write_transaction`, whose writers take
+    turns, so no other write can slip in between."""
     current = get_records(connection, collection_id, list(patches))
     now = datetime.now(UTC)
-    merged: dict[str, dict[str, Any]] = {}
+    outcome: dict[str, str | None] = {}
     for ext_id, stored in current.items():
         attributes = dict(stored.attributes)
         for key, value in patches[ext_id].items():
@@ -231,12 +234,15 @@ def update_attributes(
                 attributes.pop(key, None)
             else:
                 attributes[key] = value
-        merged[ext_id] = attributes
-        connection.execute(
-            update(records).where(records.c.id == stored.row_id).values(attributes=attributes, updated_at=now)
-        )
-    append_changes(connection, collection_id, "update", [current[e].row_id for e in merged])
-    return merged
+        outcome[ext_id] = reason = refuse(attributes)
+        if reason is None:
+            connection.execute(
+                update(records).where(records.c.id == stored.row_id).values(attributes=attributes, updated_at=now)
+            )
+    written = [current[e].row_id for e, reason in outcome.items() if reason is None]
+    if written:
+        append_changes(connection, collection_id, "update", written)
+    return outcome
 
 
 def page_ext_ids(connection: Connection, collection_id: str, page: int, page_size: int) -> tuple[list[str], int]:

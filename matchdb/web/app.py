@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -34,6 +33,7 @@ from matchdb.storage.transactions import Writer
 from matchdb.web import console
 from matchdb.web.auth import Authenticator
 from matchdb.web.bodies import BodyReader
+from matchdb.web.browser import HostAllowList
 from matchdb.web.envelope import ApiError, error_response, request_context
 from matchdb.web.guard import Guard
 from matchdb.web.methods import API_METHODS, api_routes
@@ -70,7 +70,12 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         heartbeat.start()
         writer = Writer(engine, settings.write_attempts, settings.database_timeout)
         app.state.collections = CollectionService(
-            engine, app.state.loader, app.state.registry, settings.index_wait, writer=writer
+            engine,
+            app.state.loader,
+            app.state.registry,
+            settings.index_wait,
+            writer=writer,
+            max_attribute_bytes=settings.max_attribute_bytes,
         )
         app.state.browser = RecordBrowser(engine, app.state.registry, settings.index_wait)
         try:
@@ -108,7 +113,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
     configure_logging(settings.log_format)
     middleware = [Middleware(Observer), Middleware(Guard, proc_id=proc_id)]
     if settings.allowed_hosts and "*" not in settings.allowed_hosts:  # a foreign Host (DNS rebinding) gets 400
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts, www_redirect=False))
+        middleware.append(Middleware(HostAllowList, allowed_hosts=settings.allowed_hosts))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -11,12 +11,15 @@ is stopped by the ``Host`` allow-list (``MATCHDB_ALLOWED_HOSTS``, Starlette's Tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from matchdb.web.envelope import ApiError
+from matchdb.web.envelope import ApiError, error_response, request_context
 
 
 def refuse_cross_site(request: Request, body: dict[str, Any]) -> None:
@@ -39,3 +42,36 @@ def _same_origin(origin: str, host: str) -> bool:
     """Whether ``Origin`` names the host (and port) the request was sent to (``null`` never does)."""
     parts = urlsplit(origin)
     return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.strip().lower()
+
+
+class HostAllowList:
+    """Starlette's TrustedHostMiddleware, its refusal written in the API's envelope (400, saying which setting lets
+    the name in) instead of a plain-text line a client of the API cannot parse."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
+        self._app = app
+        self._check = TrustedHostMiddleware(self._allowed, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def _allowed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_ALLOWED] = True
+        await self._app(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan (and websockets, which this server has none of) as Starlette does
+            await self._check(scope, receive, send)
+            return
+        refused = False
+
+        async def answer(message: Message) -> None:
+            nonlocal refused
+            if scope.get(_ALLOWED):
+                await send(message)
+            elif not refused:  # the middleware's plain-text refusal: replaced by the envelope
+                refused = True
+                text = "Invalid Host header: this server answers only the names of MATCHDB_ALLOWED_HOSTS"
+                await error_response(request_context(Request(scope)), 400, text)(scope, receive, send)
+
+        await self._check(scope, receive, answer)
+
+
+_ALLOWED = "matchdb.host_allowed"

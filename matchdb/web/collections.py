@@ -6,16 +6,18 @@ name), and collection management under ``/v2/collections``. ``allRecords`` and `
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from matchdb.config import Settings
 from matchdb.hashing import VisualHash
-from matchdb.service.collections import Answer, CollectionService
+from matchdb.service.answers import Answer, ChunkedAnswers
+from matchdb.service.collections import CollectionService
 from matchdb.service.filters import FilterLimits, QueryError, validate_filter
 from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure, echo_record
@@ -26,6 +28,7 @@ from matchdb.web.auth import Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
 from matchdb.web.requests import count_field, fields_field, flag_field, hash_types, number_field, records_field
 from matchdb.web.stateless import api_method
+from matchdb.web.streamjson import Items, Later, stream_json
 
 MAX_PAGE = 10**12  # allIDs: page * page_size stays a 64-bit SQL offset
 
@@ -137,8 +140,11 @@ async def update(request: Request, context: RequestContext, principal: Principal
     out = []
     for item in items:
         ext_id = item.record.get("_id")
-        if item.failure is None and ext_id in merged:
-            out.append(LoadedRecord(public_record(merged[str(ext_id)]), None))
+        written = merged.get(str(ext_id)) if item.failure is None else None
+        if isinstance(written, str):  # refused: the record is kept as it was
+            out.append(LoadedRecord(item.record, None, RecordFailure(400, written)))
+        elif written is not None:
+            out.append(LoadedRecord(public_record(written), None))
         else:
             out.append(_found_or_404(item, False) if item.failure is None else item)
     return _outcome(context, out, fields)
@@ -243,9 +249,7 @@ def _answer_fields(answer: Answer) -> dict[str, Any]:
 
 
 @api_method
-async def visual_knn(
-    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
-) -> JSONResponse:
+async def visual_knn(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> Response:
     """One query (``query_record``) or, without one, several (``records``, as Ximilar's client's
     ``construct_data`` may send): then each comes back with its own answers and ``_status`` (a failed one without
     answers)."""
@@ -265,16 +269,52 @@ async def visual_knn(
         queries = [await _query_hashes(request, context, collection.id, body, kind, dihedral)]
     searches = [(values, exclude) for item, values, exclude in queries if item.failure is None]
     try:
-        answers = iter(await _service(request).knn_many(collection.id, searches, k, radius, filter_, fields))
+        answers = await _service(request).knn_many(collection.id, searches, k, radius, filter_, fields)
     except IndexLoading as exc:
         raise ApiError(503, str(exc)) from exc
-    if not batch:
-        return context.respond({**_answer_fields(next(answers)), "query_records": [queries[0][0].record]})
     items = [item for item, _, _ in queries]
+    if not answers.fits_one_chunk:
+        return _streamed_knn(context, items, answers, batch)
+    if not batch:
+        return context.respond({**_answer_fields(answers.answer(0)), "query_records": [items[0].record]})
+    position = 0
     for item in items:
         if item.failure is None:
-            item.record.update(_answer_fields(next(answers)))
+            item.record.update(_answer_fields(answers.answer(position)))
+            position += 1
     return _outcome(context, items)
+
+
+def _streamed_knn(context: RequestContext, items: list[LoadedRecord], answers: ChunkedAnswers, batch: bool) -> Response:
+    """visualKNN's answer written while its records are read, a chunk at a time (answers past one chunk)."""
+    queries = iter(range(len(answers)))
+
+    def answer_fields() -> dict[str, Any]:
+        query = next(queries)
+        return {
+            "answer_records": Items(answers.records(query)),
+            "answer_distances": Later(lambda: answers.distances(query)),
+            "answer_hamming": Later(lambda: answers.hamming(query)),
+            "answer_count": Later(lambda: len(answers.hamming(query))),
+        }
+
+    if batch:
+        stamp_statuses(context, items)
+        code, text = batch_outcome(items)
+        shown = []
+        for item in items:
+            status = item.record.pop("_status")
+            extra = answer_fields() if item.failure is None else {}
+            shown.append({**item.record, **extra, "_status": status})
+        body: dict[str, Any] = {"records": shown}
+    else:
+        code, text = 200, "OK"
+        body = {**answer_fields(), "query_records": [items[0].record]}
+    body["status"] = context.status(code, text)
+    body["statistics"] = Later(lambda: {"processing time": time.perf_counter() - context.started})
+    return StreamingResponse(
+        stream_json(body), status_code=200 if code in (200, 300) else code, media_type="application/json"
+    )
 
 
 @api_method
