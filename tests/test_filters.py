@@ -8,10 +8,12 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from matchdb.service.collections import MatchingIds
 from matchdb.service.filters import FilterLimits, QueryError, evaluating_filter, validate_filter
 from matchdb.storage.browse import matching_row_ids
 from matchdb.storage.collections import create_collection
@@ -104,3 +106,13 @@ def test_log_lines_are_bounded() -> None:
         record = logging.LogRecord("matchdb", logging.ERROR, __file__, 1, "%s", ("m" * 100_000,), failure)
     line = TextFormatter().format(record)
     assert len(line) < MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS + 500 and "characters cut" in line
+
+
+@pytest.mark.parametrize("count", [1000, MatchingIds.SET_LIMIT + 1000])
+def test_matching_ids_answer_membership_as_a_set_would(count: int) -> None:
+    """Past SET_LIMIT the ids a filter matched are a sorted array (8 bytes each), with the same answers."""
+    chance = np.random.default_rng(count)
+    ids = np.unique(chance.integers(1, 4 * count, count)).astype(np.int64)
+    matching, expected = MatchingIds(ids), set(ids.tolist())
+    for key in [0, 1, int(ids[0]), int(ids[-1]), int(ids[-1]) + 1, *chance.integers(0, 5 * count, 2000).tolist()]:
+        assert (key in matching) == (key in expected), key
