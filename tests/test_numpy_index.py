@@ -25,7 +25,8 @@ from matchdb.index.numpy_tree import NumpyTreeIndex
 from tests.test_index import brute_force, clustered
 
 #: Use the filters however few the records.
-NO_SMALL_SCAN = {"SMALL_BLOCKS": (0, 0), "SMALL_NEAR": (0, 0), "SMALL_PIVOTS": (0, 0)}
+# Pivot walks are never skipped here (that path is the plain scan, tested by "always-scan")
+NO_SMALL_SCAN = {"SMALL_BLOCKS": (0, 0), "SMALL_NEAR": (0, 0), "SMALL_PIVOTS": (0, 0), "PIVOT_FUTILE_WALKS": 10**9}
 
 #: Settings of the module constants: the defaults, a deep tree with a small delta, always and never scanning, and
 #: many block tables with few key bits (most of each substring in the entries' extra bits) that answer long hashes
@@ -408,3 +409,30 @@ def test_near_duplicates_of_random_long_hashes(tuning: str) -> None:
             assert index.nearest(query, 1, 48) == within[:1]
             assert index.nearest(query, 10, 48) == within[:10]
             assert index.nearest(query, 3) == brute_force(items, query)[:3]
+
+
+def test_futile_pivot_walks_are_skipped_and_answers_stay_exact() -> None:
+    """On random long hashes nothing prunes: the walks end in a scan, so after PIVOT_FUTILE_WALKS of them the search
+    scans at once (walking every PIVOT_PROBE_EVERY th query), and a walk that pays again resumes walking."""
+    rng = random.Random(28)
+    items = {key: rng.getrandbits(961) for key in range(1500)}
+    index = NumpyTreeIndex(961)
+    index.bulk_load(list(items.items()))
+    with tuned("deep", PIVOT_FUTILE_WALKS=3, PIVOT_PROBE_EVERY=4, LINEAR_SHARE=0.3, LEAF_SCAN_SHARE=0.85):
+        walks = index._snap.tree.pivot.walks  # type: ignore[union-attr]
+        for query in [rng.getrandbits(961) for _ in range(12)]:
+            assert index.nearest(query, 5) == brute_force(items, query)[:5]
+        assert walks.scanned_in_a_row >= 3 and walks.skipped > 0
+        skipped = walks.skipped
+        near = items[17] ^ 1  # a near copy: the block tables answer before any walk is asked
+        assert index.nearest(near, 1) == [Hit(1, 17)]
+        assert walks.skipped == skipped
+    history = type(walks)()
+    with tuned("deep", PIVOT_FUTILE_WALKS=2, PIVOT_PROBE_EVERY=3):
+        decisions = []
+        for ended_in_scan in [True, True, False, False, False, False]:
+            decisions.append(history.worth_walking())
+            if decisions[-1]:
+                history.walked(ended_in_scan)
+        # two futile walks, then skipped twice, the third asked walks (and pays): walking again from then on
+        assert decisions == [True, True, False, False, True, True]

@@ -5,7 +5,7 @@ hashes a pivot tree and block tables for near radii, for one-word hashes block t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,30 @@ from matchdb.index import tuning
 from matchdb.index.blocks import BlockTables, build_tables, first_table_order
 from matchdb.index.kernels import Ints, Words, first_of_each, row_counts, stable_order
 from matchdb.index.liveness import Liveness
+
+
+class WalkHistory:
+    """Whether the pivot walk has been worth it for this tree's recent k-nearest queries.
+
+    On hashes that nothing prunes (uniformly random ones, or a query far from everything in a collection without
+    clusters) the walk reads every level's pivots and the first leaves, then gives up and scans anyway: a fifth of
+    the query's time spent for nothing. After ``tuning.PIVOT_FUTILE_WALKS`` walks in a row that ended in a scan, the
+    search scans straight away, and walks again every ``tuning.PIVOT_PROBE_EVERY`` th query to notice when that
+    changes. It only chooses a path: both give the exact answer, so a race on these counters (threads share a tree)
+    costs at most a slower query."""
+
+    def __init__(self) -> None:
+        self.scanned_in_a_row = 0
+        self.skipped = 0
+
+    def worth_walking(self) -> bool:
+        if self.scanned_in_a_row < tuning.PIVOT_FUTILE_WALKS:
+            return True
+        self.skipped += 1
+        return self.skipped % tuning.PIVOT_PROBE_EVERY == 0
+
+    def walked(self, ended_in_scan: bool) -> None:
+        self.scanned_in_a_row = self.scanned_in_a_row + 1 if ended_in_scan else 0
 
 
 @dataclass(frozen=True)
@@ -27,6 +51,7 @@ class PivotTree:
     hi_keys: list[Ints]  # per inner level: parent * (nbits + 1) + highest distance of each child (sorted)
     leaf_starts: Ints  # (leaves + 1,): where each leaf's records start
     leaf_distance: npt.NDArray[np.uint16]  # (n,): each record's distance to its leaf's pivot
+    walks: WalkHistory = field(default_factory=WalkHistory, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:

@@ -177,8 +177,8 @@ def tree_nearest(tree: Tree, distance: Distance, best: Best) -> None:
         return
     if tree.size >= _small_blocks(tree)[1] and _block_nearest(tree, distance, best):
         return
-    if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[1]:
-        _pivot_nearest(tree, distance, best)
+    if tree.pivot is not None and tree.size >= tuning.SMALL_PIVOTS[1] and tree.pivot.walks.worth_walking():
+        tree.pivot.walks.walked(ended_in_scan=_pivot_nearest(tree, distance, best))
     else:
         _linear_nearest(tree, distance, best)
 
@@ -214,13 +214,13 @@ def _block_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
     return True
 
 
-def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:
+def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> bool:
     """The pivot walk with a radius that shrinks as it goes.
 
     Pivots are records, so each level's pivot distances are offered first (tightening the radius before the
     children are chosen); each child keeps a lower bound (the largest gap between its distance range and the
     query's distance to an ancestor's pivot). Leaves are scanned in order of their lower bound, in growing batches,
-    the radius being re-read before each batch.
+    the radius being re-read before each batch. True when it gave up and scanned everything instead.
     """
     assert tree.pivot is not None
     pivot = tree.pivot
@@ -249,7 +249,7 @@ def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:
         keep = gap <= best.radius
         frontier, bound = children[keep], gap[keep]
         if not len(frontier):
-            return
+            return False
     # First the leaves with the smallest lower bounds (usually where the answers are): that tightens the radius.
     order = np.argsort(bound, kind="stable")
     frontier, bound, near = frontier[order], bound[order], near[order]
@@ -259,7 +259,7 @@ def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:
     found = _leaf_candidates(tree, frontier[:head], near[:head], best.radius)
     if found is None:
         _linear_nearest(tree, distance, best)
-        return
+        return True
     _offer_positions(tree, distance, best, found)
     # Then every other leaf still in reach, filtered per record (2 bytes each) before any hash is read: if most
     # records pass, a plain scan is cheaper, and this cost only a small share of one.
@@ -270,14 +270,14 @@ def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:
         tree, frontier[rest], near[rest], radius
     ):
         _linear_nearest(tree, distance, best)
-        return
+        return True
     candidates = runs(starts[frontier[rest]], starts[frontier[rest] + 1])
     gap = np.abs(pivot.leaf_distance[candidates] - np.repeat(near[rest], sizes[rest]))
     low = np.maximum(gap, np.repeat(bound[rest], sizes[rest]))  # a lower bound of each record's distance
     keep = np.flatnonzero(low <= radius)
     if len(keep) > tuning.LINEAR_SHARE * tree.size:
         _linear_nearest(tree, distance, best)
-        return
+        return True
     candidates, low = candidates[keep], low[keep]
     # in chunks growing 2x, in the leaves' order, each cut again with the radius as it stands
     done, chunk = 0, 4096
@@ -288,6 +288,7 @@ def _pivot_nearest(tree: Tree, distance: Distance, best: Best) -> None:
             _offer_positions(tree, distance, best, part)
         done += chunk
         chunk *= 2
+    return False
 
 
 def _most_pass(tree: Tree, leaves: Ints, near: Ints, radius: int) -> bool:

@@ -27,6 +27,10 @@ GATHER_COST = 16  # ... where a hash compared after the entries' filter counts a
 SMALL_BLOCKS = (30_000, 150_000)  # one-word hashes' block tables
 SMALL_NEAR = (10_000, 10_000)  # long hashes' block tables (a scan of long hashes costs far more)
 SMALL_PIVOTS = (3_000, 100_000)
+# k nearest: after this many pivot walks in a row that ended in a scan, scan at once, but walk every
+# PIVOT_PROBE_EVERY th query to see whether walks pay again (layout.WalkHistory).
+PIVOT_FUTILE_WALKS = 3
+PIVOT_PROBE_EVERY = 16
 DELTA_MIN = 2048  # the delta may always hold this many records before a rebuild ...
 DELTA_SHARE = 1 / 32  # ... or this share of the tree
 DEAD_SHARE = 0.25  # rebuild once this share of the tree is tombstones

@@ -26,6 +26,7 @@ from matchdb.service.stateless import shown_distance
 from matchdb.service.views import Fields, oversized_attributes, public_record, stored_attributes
 from matchdb.storage import records as store
 from matchdb.storage.browse import matching_row_ids
+from matchdb.storage.database import single_reads
 from matchdb.storage.transactions import Writer
 
 
@@ -218,7 +219,7 @@ class CollectionService:
     def _fetch(self, row_ids: Iterable[int]) -> tuple[dict[int, store.StoredRecord], int]:
         """The records of these row ids and the change log's last number, in one statement (autocommit: no BEGIN
         and ROLLBACK around it)."""
-        with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        with single_reads(self._engine) as connection:
             return store.get_by_row_ids_as_of(connection, list(dict.fromkeys(row_ids)))
 
     def _fetch_chunk(self, row_ids: Sequence[int]) -> dict[int, store.StoredRecord]:
@@ -226,7 +227,7 @@ class CollectionService:
 
     def _matching(self, collection_id: str, filter_: dict[str, Any]) -> Container[int]:
         """Row ids of the records whose attributes match ``filter_`` (equality, or ``{"$in": [...]}``)."""
-        with self._engine.connect() as connection, evaluating_filter():
+        with self._engine.connect() as connection, evaluating_filter():  # streamed: a transaction (a cursor)
             return MatchingIds(matching_row_ids(connection, collection_id, filter_))
 
 

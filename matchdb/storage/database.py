@@ -60,6 +60,13 @@ def make_engine(url: str, timeout: float = 10.0) -> Engine:
 PING_IDLE_SECONDS = 1.0  # a pooled connection idle longer than this is pinged before use
 
 
+def single_reads(engine: Engine) -> Connection:
+    """A pooled connection for reads that need no snapshot across statements (a token, a collection, an answer's
+    records): in autocommit, so each is one round trip, without a BEGIN before it and a ROLLBACK after it (on
+    Postgres those are two more, a millisecond per request at load)."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
 def _note_checkin(_dbapi_connection: object, record: ConnectionPoolEntry) -> None:
     record.info["checked_in"] = time.monotonic()
 
@@ -79,6 +86,9 @@ def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: ob
             cursor.execute("SELECT 1")
         finally:
             cursor.close()
+        # The ping must leave no transaction open (psycopg began one): a checkout for single_reads switches the
+        # connection to autocommit, which a driver refuses inside a transaction.
+        dbapi_connection.rollback()
     except Exception as exc:  # any failure: the connection is no good
         raise DisconnectionError(str(exc)) from exc
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from matchdb.storage.database import single_reads
 from matchdb.storage.tokens import DEFAULT_WORKSPACE, any_token_ever, find_token, hash_token
 from matchdb.storage.transactions import unavailable
 from matchdb.web.envelope import ApiError
@@ -70,7 +71,7 @@ class Authenticator:
         return True
 
     def _check(self, authorization: str | None) -> Principal:
-        with self._engine.connect() as connection:
+        with single_reads(self._engine) as connection:
             if not self._tokens_exist:
                 self._tokens_exist = any_token_ever(connection)
                 if not self._tokens_exist:

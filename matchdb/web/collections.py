@@ -23,6 +23,7 @@ from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure, echo_record
 from matchdb.service.views import CLIENT_ONLY, Fields, project, public_record
 from matchdb.storage import collections as collection_store
+from matchdb.storage.database import single_reads
 from matchdb.storage.transactions import write_transaction
 from matchdb.web.auth import Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
@@ -56,7 +57,7 @@ async def collection_of(request: Request, principal: Principal) -> collection_st
         raise ApiError(400, "Missing header 'collection-id'")
 
     def find() -> collection_store.CollectionInfo | None:
-        with _engine(request).connect() as connection:
+        with single_reads(_engine(request)) as connection:
             return collection_store.find_collection(connection, principal.workspace, key, with_count=False)
 
     found = await run_in_threadpool(find)
