@@ -1,29 +1,28 @@
-"""A visualKNN's search on a warm server costs one statement (one round trip) to the database: the records are
-fetched with the change log's last number, and the catch-up query is skipped when the index had applied everything
-up to it (issue 28). A write is still in the next answer (read-after-write): the number has moved, so the query
-catches up and searches again. On SQLite and Postgres, through the real app.
-
-Not yet one round trip per request: the token (or, in open mode, whether any token exists) and the collection are
-still looked up by a statement each before the search; the test counts them apart. Every one of these statements
-runs in autocommit: no BEGIN before it and no ROLLBACK after it (two more round trips each on Postgres)."""
+"""A visualKNN on a warm server costs one statement (one round trip) to the database (issue 28): the records are
+fetched with the change log's last number, which skips the catch-up query when the index had applied everything up
+to it, and with whether the token (in open mode: that no token exists) and the collection this process found before
+still hold, which skips their lookups. The statement runs in autocommit (no BEGIN before it and no ROLLBACK after:
+two more round trips on Postgres). A write is still in the next answer (read-after-write): the number has moved, so
+the query catches up and searches again; a revoked token, a deleted collection or a first token are seen at once:
+the request runs again with both looked up. On SQLite and Postgres, through the real app."""
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from starlette.testclient import TestClient
 
 from matchdb.config import Settings
 from matchdb.storage import database
+from matchdb.storage.collections import create_collection, delete_collection
+from matchdb.storage.tokens import create_token, revoke_token
 from matchdb.web.app import create_app
 from tests.test_collections_api import Api, image_b64
 
-LOOKUP = re.compile(r"^SELECT .* FROM (tokens|collections)\b")  # the token's and the collection's lookups
 FETCH = "LEFT OUTER JOIN records"  # the records with the change log's last number
 
 
@@ -48,11 +47,11 @@ class Statements:
                 self.in_transaction.append(self.sent[-1])
 
     def during(self, call: Any) -> tuple[Any, list[str]]:
-        """``call()``'s result and the statements it sent, but for the token's and the collection's lookups."""
+        """``call()``'s result and the statements it sent."""
         self.sent.clear()
         self.in_transaction.clear()
         result = call()
-        return result, [s for s in self.sent if not LOOKUP.search(s)]
+        return result, list(self.sent)
 
 
 def test_a_warm_visual_knn_is_one_statement_and_still_reads_its_writes(client: TestClient) -> None:
@@ -64,8 +63,8 @@ def test_a_warm_visual_knn_is_one_statement_and_still_reads_its_writes(client: T
     api.call("visualKNN", query)  # loads the index and catches up
     answer, sent = statements.during(lambda: api.call("visualKNN", query))
     assert answer["answer_records"][0]["_id"] == "r2"
-    assert len(sent) == 1 and FETCH in sent[0], sent
-    assert len(statements.sent) == 3 and not statements.in_transaction, statements.sent  # token, collection, fetch
+    assert len(sent) == 1 and FETCH in sent[0], sent  # no token or collection lookup, no catch-up
+    assert not statements.in_transaction, statements.in_transaction
 
     api.call("insert", {"records": [{"_id": "new", "_base64": image_b64(2)}]})  # a copy of the query's image
     answer, sent = statements.during(lambda: api.call("visualKNN", query))
@@ -86,3 +85,39 @@ def test_a_connection_pinged_after_idling_serves_autocommit_reads(
     for _ in range(3):
         answer = api.call("visualKNN", {"query_record": {"_base64": image_b64(1)}, "k": 1, "fields_to_return": ["_id"]})
         assert answer["answer_records"][0]["_id"] == "r1"
+
+
+def knn_status(client: TestClient, headers: dict[str, str], collection: str) -> tuple[int, list[str]]:
+    query = {"query_record": {"_base64": image_b64(1)}, "k": 2, "fields_to_return": ["_id"]}
+    response = client.post("/v2/visualKNN", json=query, headers={**headers, "collection-id": collection})
+    body = response.json()
+    return body["status"]["code"], [r["_id"] for r in body.get("answer_records", [])]
+
+
+def test_a_revoked_token_a_deleted_collection_and_a_first_token_are_seen_at_once(
+    client: TestClient, engine: Engine
+) -> None:
+    open_api = Api(client)
+    open_api.create("shop")
+    open_api.call("insert", {"records": [{"_id": f"r{i}", "_base64": image_b64(i)} for i in range(3)]})
+    expected = knn_status(client, {}, "shop")  # open mode, now remembered
+    assert expected[0] == 200 and expected[1][0] == "r1"
+    with engine.begin() as connection:
+        secret, _ = create_token(connection, "default")  # the first token (the CLI): open mode is over
+    assert knn_status(client, {}, "shop")[0] == 401
+    auth = {"Authorization": f"Token {secret}"}
+    assert knn_status(client, auth, "shop") == expected  # remembered from here
+    with engine.begin() as connection:
+        assert revoke_token(connection, secret) == 1
+    assert knn_status(client, auth, "shop") == (401, [])
+    with engine.begin() as connection:
+        other, _ = create_token(connection, "default")
+    auth = {"Authorization": f"Token {other}"}
+    assert knn_status(client, auth, "shop") == expected
+    with engine.begin() as connection:  # deleted, and another made under the same name by someone else
+        assert delete_collection(connection, open_api.collection)
+        create_collection(connection, "default", "shop")
+    assert knn_status(client, auth, "shop") == (200, [])  # the new, empty one: not the remembered one
+    stored = {"query_record": {"_id": "r1"}, "k": 2}
+    response = client.post("/v2/visualKNN", json=stored, headers={**auth, "collection-id": open_api.collection})
+    assert response.status_code == 404 and "Unknown collection" in response.json()["status"]["text"]

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from matchdb.config import Settings
+from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
 from matchdb.index import Hit
 from matchdb.service.answers import ANSWER_CHUNK, Answer, ChunkedAnswers
@@ -45,6 +46,10 @@ def new_record(item: LoadedRecord) -> store.NewRecord:
         phash=item.image.hashes["phash"].data,
         thumbnail=item.image.thumbnail,
     )
+
+
+class Unconfirmed(MatchdbError):
+    """A presumed token or collection (:class:`~matchdb.storage.records.Presumed`) did not hold."""
 
 
 class CollectionService:
@@ -152,10 +157,13 @@ class CollectionService:
         radius: float | None,
         filter_: dict[str, Any] | None,
         fields: Fields,
+        presumed: store.Presumed | None = None,
     ) -> ChunkedAnswers:
         """:meth:`knn` for several queries (each its hashes and the row id it excludes) in one go: the filter is
         evaluated once and the index caught up once (visualKNN's batch form, ``records`` instead of
-        ``query_record``). The answers' first chunk of records is fetched here; the rest while they are read."""
+        ``query_record``). The answers' first chunk of records is fetched here; the rest while they are read.
+        ``presumed``: the caller's token and collection as an earlier request found them, confirmed by that fetch
+        (:class:`Unconfirmed` if they changed: the caller looks them up again)."""
 
         def search(loaded: CollectionIndex, allowed: Container[int] | None) -> list[tuple[str, list[Hit]]]:
             found = []
@@ -178,10 +186,12 @@ class CollectionService:
             # round trip). Otherwise catch up and search again, as before.
             seen = self._registry.seq
             found = search(self._registry.current(collection_id, self._index_wait), allowed)
-            stored, latest = self._fetch(first_chunk(found))
+            stored, latest, confirmed = self._fetch(first_chunk(found), presumed)
+            if not confirmed:
+                raise Unconfirmed("the token or the collection changed since they were last looked up")
             if seen < 0 or latest > seen:
                 found = search(self._registry.get(collection_id, self._index_wait), allowed)
-                stored, _ = self._fetch(first_chunk(found))
+                stored, _, _ = self._fetch(first_chunk(found))
             return ChunkedAnswers(found, fields, self._fetch_chunk, stored)
 
         return await run_in_threadpool(run)
@@ -216,11 +226,13 @@ class CollectionService:
         )
         return answer, [e for e in ext_ids if e not in stored]
 
-    def _fetch(self, row_ids: Iterable[int]) -> tuple[dict[int, store.StoredRecord], int]:
-        """The records of these row ids and the change log's last number, in one statement (autocommit: no BEGIN
-        and ROLLBACK around it)."""
+    def _fetch(
+        self, row_ids: Iterable[int], presumed: store.Presumed | None = None
+    ) -> tuple[dict[int, store.StoredRecord], int, bool]:
+        """The records of these row ids, the change log's last number and whether ``presumed`` holds, in one
+        statement (autocommit: no BEGIN and ROLLBACK around it)."""
         with single_reads(self._engine) as connection:
-            return store.get_by_row_ids_as_of(connection, list(dict.fromkeys(row_ids)))
+            return store.get_by_row_ids_as_of(connection, list(dict.fromkeys(row_ids)), presumed)
 
     def _fetch_chunk(self, row_ids: Sequence[int]) -> dict[int, store.StoredRecord]:
         return self._fetch(row_ids)[0]

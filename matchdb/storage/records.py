@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from matchdb.errors import MatchdbError
 from matchdb.hashing import ALGORITHM_VERSION
 from matchdb.storage.changes import append_changes
-from matchdb.storage.schema import changes, records
+from matchdb.storage.schema import changes, collections, records, tokens
 from matchdb.storage.thumbnails import replace_thumbnails
 
 HASH_VERSION = max(ALGORITHM_VERSION.values())
@@ -176,24 +176,49 @@ def get_by_row_ids(connection: Connection, row_ids: Sequence[int]) -> dict[int, 
     return out
 
 
-def get_by_row_ids_as_of(connection: Connection, row_ids: Sequence[int]) -> tuple[dict[int, StoredRecord], int]:
+@dataclass(frozen=True)
+class Presumed:
+    """Who a request was taken to be from what this process read before (a token, a collection), to be confirmed
+    by the statement that fetches its answer: ``token_hash`` still a live token (``None``: the service still has no
+    token at all, open mode), ``collection_id`` still a collection."""
+
+    token_hash: str | None
+    collection_id: str
+
+
+def get_by_row_ids_as_of(
+    connection: Connection, row_ids: Sequence[int], presumed: Presumed | None = None
+) -> tuple[dict[int, StoredRecord], int, bool]:
     """:func:`get_by_row_ids` and the change log's last sequence number, read by the same statement (per chunk of
-    ids; the largest number if several).
+    ids; the largest number if several), and whether ``presumed`` holds (True without one).
 
     Why: a query that searched an index which had applied every change up to that number answered from an index as
-    current as these records, so the catch-up query before the search can be skipped: one round trip per query
-    instead of two, and a second try (catch up, search again) only when something did change."""
-    latest = select(func.coalesce(func.max(changes.c.seq), 0).label("latest")).subquery()
+    current as these records, so the catch-up query before the search can be skipped; and a token and collection
+    looked up by an earlier request need not be looked up again, when this statement confirms them: one round trip
+    per query, and a second try only when something did change."""
+    columns = [func.coalesce(func.max(changes.c.seq), 0).label("latest")]
+    if presumed is not None:
+        if presumed.token_hash is None:
+            token = ~select(tokens.c.id).exists()
+        else:
+            live = tokens.c.token_hash == presumed.token_hash, tokens.c.revoked_at.is_(None)
+            token = select(tokens.c.id).where(*live).exists()
+        collection = select(collections.c.id).where(collections.c.id == presumed.collection_id).exists()
+        columns.append((token & collection).label("presumed"))
+    latest = select(*columns).subquery()
     found: dict[int, StoredRecord] = {}
-    seen = 0
+    seen, holds = 0, True
     for start in range(0, max(len(row_ids), 1), _CHUNK):
         chunk = list(row_ids[start : start + _CHUNK])
         joined = latest.outerjoin(records, records.c.id.in_(chunk))
-        for row in connection.execute(select(latest.c.latest, *_COLUMNS).select_from(joined)):
+        check = [latest.c.presumed] if presumed is not None else []
+        for row in connection.execute(select(latest.c.latest, *check, *_COLUMNS).select_from(joined)):
             seen = max(seen, int(row[0]))
-            if row[1] is not None:
-                found[int(row[1])] = _stored(row[1:])
-    return found, seen
+            holds = holds and (presumed is None or bool(row[1]))
+            stored = row[1 + len(check) :]
+            if stored[0] is not None:
+                found[int(stored[0])] = _stored(stored)
+    return found, seen, holds
 
 
 def delete_records(connection: Connection, collection_id: str, ext_ids: Sequence[str]) -> dict[str, int]:

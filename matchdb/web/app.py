@@ -63,6 +63,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         app.state.authenticator = Authenticator(engine)
         app.state.loader = loader_from_settings(settings, downloader, executor)
         app.state.engine = engine
+        app.state.collection_lookups = {}  # (workspace, collection-id header) -> the collection, as last found
         app.state.known_collections = {}  # workspace -> its collection ids at its last ping (see stateless.ping)
         app.state.registry = IndexRegistry(engine)
         app.state.registry.load_all_in_background()

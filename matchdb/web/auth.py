@@ -62,6 +62,21 @@ class Authenticator:
         self._accepted[key] = principal
         return principal
 
+    def presumed(self, authorization: str | None) -> tuple[Principal, str | None] | None:
+        """The principal this process last accepted for ``authorization``, without asking the database, and what
+        confirms it: the hash of its token (``None`` in open mode: that the service still has no token). For
+        methods whose one statement confirms it (visualKNN, see ``records.Presumed``); ``None`` if not known."""
+        principal = self._accepted.get(hash_token(authorization or ""))
+        if principal is None:
+            return None
+        if principal.token_id is None:
+            return principal, None
+        return principal, hash_token(_parse_header(authorization))
+
+    def forget(self, authorization: str | None) -> None:
+        """Drop what :meth:`presumed` would answer (it did not hold)."""
+        self._accepted.pop(hash_token(authorization or ""), None)
+
     def open_mode(self) -> bool:
         """Whether the service is open (no token was ever created): then every caller is workspace ``default``."""
         try:

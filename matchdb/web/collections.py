@@ -17,20 +17,22 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from matchdb.config import Settings
 from matchdb.hashing import VisualHash
 from matchdb.service.answers import Answer, ChunkedAnswers
-from matchdb.service.collections import CollectionService
+from matchdb.service.collections import CollectionService, Unconfirmed
 from matchdb.service.filters import FilterLimits, QueryError, validate_filter
 from matchdb.service.indexes import IndexLoading, IndexRegistry
 from matchdb.service.records import LoadedRecord, RecordFailure, echo_record
 from matchdb.service.views import CLIENT_ONLY, Fields, project, public_record
 from matchdb.storage import collections as collection_store
 from matchdb.storage.database import single_reads
+from matchdb.storage.records import Presumed
 from matchdb.storage.transactions import write_transaction
-from matchdb.web.auth import Principal
+from matchdb.web.auth import Authenticator, Principal
 from matchdb.web.envelope import ApiError, RequestContext, batch_outcome, stamp_statuses
 from matchdb.web.requests import count_field, fields_field, flag_field, hash_types, number_field, records_field
 from matchdb.web.stateless import api_method
 from matchdb.web.streamjson import Items, Later, stream_json
 
+MAX_KNOWN_COLLECTIONS = 10_000  # (workspace, collection-id header) lookups remembered per process
 MAX_PAGE = 10**12  # allIDs: page * page_size stays a 64-bit SQL offset
 
 
@@ -49,12 +51,18 @@ def _require_write(principal: Principal) -> None:
         raise ApiError(403, "This token is read-only")
 
 
-async def collection_of(request: Request, principal: Principal) -> collection_store.CollectionInfo:
+async def collection_of(
+    request: Request, principal: Principal, presume: bool = False
+) -> collection_store.CollectionInfo:
     """The collection named by the ``collection-id`` header (its id, or its name), in the caller's workspace
-    (else 404)."""
+    (else 404). ``presume``: as this process last found it, if it did (the caller confirms it: visualKNN's fetch)."""
     key = request.headers.get("collection-id", "").strip()
     if not key:
         raise ApiError(400, "Missing header 'collection-id'")
+    known: dict[tuple[str, str], collection_store.CollectionInfo] = request.app.state.collection_lookups
+    remembered = known.get((principal.workspace, key)) if presume else None
+    if remembered is not None:
+        return remembered
 
     def find() -> collection_store.CollectionInfo | None:
         with single_reads(_engine(request)) as connection:
@@ -62,7 +70,11 @@ async def collection_of(request: Request, principal: Principal) -> collection_st
 
     found = await run_in_threadpool(find)
     if found is None:
+        known.pop((principal.workspace, key), None)
         raise ApiError(404, f"Unknown collection {key!r}")
+    if len(known) >= MAX_KNOWN_COLLECTIONS:
+        known.clear()
+    known[(principal.workspace, key)] = found
     return found
 
 
@@ -249,12 +261,43 @@ def _answer_fields(answer: Answer) -> dict[str, Any]:
     }
 
 
-@api_method
-async def visual_knn(request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]) -> Response:
+async def _visual_knn(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any]
+) -> Response:
     """One query (``query_record``) or, without one, several (``records``, as Ximilar's client's
     ``construct_data`` may send): then each comes back with its own answers and ``_status`` (a failed one without
-    answers)."""
-    collection = await collection_of(request, principal)
+    answers).
+
+    A warm query is one statement: the token and the collection are taken as this process last found them, and the
+    statement that fetches the answer's records confirms both. If it does not (revoked, deleted), or a stored query
+    record is not found (it may be the collection that is gone), the request runs again with both looked up afresh,
+    which gives the answer (or the 401, 404) that they call for now."""
+    try:
+        return await _knn_answer(request, context, principal, body, presume=True)
+    except (Unconfirmed, ApiError, QueryError) as exc:
+        # A 404 (a stored query record not found) may only be a collection deleted meanwhile, or no longer this
+        # token's to read; other refusals do not depend on either and are answered as they are.
+        if not isinstance(exc, Unconfirmed) and exc.status != 404:
+            raise
+        header = request.headers.get("authorization")
+        authenticator: Authenticator = request.app.state.authenticator
+        authenticator.forget(header)
+        principal = await run_in_threadpool(authenticator.authenticate, header)
+        request.state.workspace = principal.workspace
+        return await _knn_answer(request, context, principal, body, presume=False)
+
+
+async def _knn_answer(
+    request: Request, context: RequestContext, principal: Principal, body: dict[str, Any], presume: bool
+) -> Response:
+    collection = await collection_of(request, principal, presume)
+    presumed = None
+    if presume:
+        authenticator: Authenticator = request.app.state.authenticator
+        known = authenticator.presumed(request.headers.get("authorization"))
+        if known is None:  # nothing to confirm about the token: look it up now, the usual way
+            raise Unconfirmed("no token known")
+        presumed = Presumed(known[1], collection.id)
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
     k = _k(request, body) or 10
     radius = number_field(body, "radius", None)
@@ -270,7 +313,7 @@ async def visual_knn(request: Request, context: RequestContext, principal: Princ
         queries = [await _query_hashes(request, context, collection.id, body, kind, dihedral)]
     searches = [(values, exclude) for item, values, exclude in queries if item.failure is None]
     try:
-        answers = await _service(request).knn_many(collection.id, searches, k, radius, filter_, fields)
+        answers = await _service(request).knn_many(collection.id, searches, k, radius, filter_, fields, presumed)
     except IndexLoading as exc:
         raise ApiError(503, str(exc)) from exc
     items = [item for item, _, _ in queries]
@@ -284,6 +327,9 @@ async def visual_knn(request: Request, context: RequestContext, principal: Princ
             item.record.update(_answer_fields(answers.answer(position)))
             position += 1
     return _outcome(context, items)
+
+
+visual_knn = api_method(_visual_knn, presume=True)
 
 
 def _streamed_knn(context: RequestContext, items: list[LoadedRecord], answers: ChunkedAnswers, batch: bool) -> Response:

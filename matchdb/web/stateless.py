@@ -33,15 +33,21 @@ SERVICE_INFO = {
 Handler = Callable[[Request, RequestContext, Principal, dict[str, Any]], Awaitable[Response]]
 
 
-def api_method(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+def api_method(handler: Handler, presume: bool = False) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a method: request context, authentication, JSON body; ApiError and QueryError become the enveloped
-    error."""
+    error. ``presume``: a caller this process has accepted before is taken as it was then, without asking the
+    database; the handler must confirm it (visualKNN does, in the statement that fetches its answer)."""
 
     async def endpoint(request: Request) -> Response:
         context = request_context(request)
         try:
             authenticator: Authenticator = request.app.state.authenticator
-            principal = await run_in_threadpool(authenticator.authenticate, request.headers.get("authorization"))
+            header = request.headers.get("authorization")
+            known = authenticator.presumed(header) if presume else None
+            if known is not None:
+                principal = known[0]
+            else:
+                principal = await run_in_threadpool(authenticator.authenticate, header)
             request.state.workspace = principal.workspace
             bodies: BodyReader = request.app.state.bodies
             body = await bodies.read(request) if request.method == "POST" else {}
