@@ -47,3 +47,32 @@ def test_scan_keeps_what_a_brute_force_scan_keeps(
             pos, bits = scan.scan(words, query, alive, nbits, radius)
             assert sorted(pos.tolist()) == np.flatnonzero(live & (distances <= radius)).tolist()
             assert (distances[pos] == bits).all()
+
+
+@pytest.mark.parametrize("parallel_rows", [1 << 18, 64])
+def test_scan_of_given_rows_keeps_what_a_brute_force_scan_of_them_keeps(
+    parallel_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rows``: only those positions (runs, as the pivot tree's leaves give them), tombstones skipped."""
+    monkeypatch.setattr(scan, "PARALLEL_ROWS", parallel_rows)
+    monkeypatch.setattr(scan, "_FIRST_CAPACITY", 4)
+    rng = np.random.default_rng(28)
+    words = rng.integers(0, 2**63, (3000, 16), dtype=np.uint64)
+    words[:, -1] &= np.uint64(1)
+    query = words[10].copy()
+    query[2] ^= np.uint64(0xFF)
+    distances = np.bitwise_count(words ^ query).sum(axis=1).astype(np.int64)
+    starts = np.sort(rng.choice(2900, 40, replace=False))
+    chosen = np.unique(np.concatenate([np.arange(s, s + rng.integers(1, 60)) for s in starts])).astype(np.int64)
+    stamps = alive_stamps(len(words))
+    dead = rng.random(len(words)) < 0.2
+    stamps[dead] = 5
+    for alive in (Liveness(), Liveness(stamps, 5, int(dead.sum()))):
+        live = chosen[~dead[chosen]] if alive.generation == 5 else chosen
+        for k in (1, 10):
+            pos, bits = scan.scan(words, query, alive, 961, 961, k, rows=chosen)
+            assert (distances[pos] == bits).all()
+            kth = np.sort(distances[live])[k - 1]
+            assert sorted(pos.tolist()) == live[distances[live] <= kth].tolist()
+        pos, bits = scan.scan(words, query, alive, 961, 470, rows=chosen)
+        assert sorted(pos.tolist()) == live[distances[live] <= 470].tolist()
