@@ -206,12 +206,12 @@ def get_by_row_ids_as_of(
         collection = select(collections.c.id).where(collections.c.id == presumed.collection_id).exists()
         columns.append((token & collection).label("presumed"))
     latest = select(*columns).subquery()
+    check = [latest.c.presumed] if presumed is not None else []
     found: dict[int, StoredRecord] = {}
     seen, holds = 0, True
     for start in range(0, max(len(row_ids), 1), _CHUNK):
         chunk = list(row_ids[start : start + _CHUNK])
         joined = latest.outerjoin(records, records.c.id.in_(chunk))
-        check = [latest.c.presumed] if presumed is not None else []
         for row in connection.execute(select(latest.c.latest, *check, *_COLUMNS).select_from(joined)):
             seen = max(seen, int(row[0]))
             holds = holds and (presumed is None or bool(row[1]))
