@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -22,7 +23,7 @@ from matchdb.config import Settings
 from matchdb.hashing.value import pack_strings
 from matchdb.service.ingest import Failure, Summary
 from matchdb.service.inputs import Item
-from matchdb.storage.bulk import HashRows, upsert_hash_rows
+from matchdb.storage.bulk import HashRows, Written, upsert_hash_rows
 from matchdb.storage.transactions import Writer
 
 BATCH = 20_000  # rows per transaction: large enough that per-statement costs vanish, small enough to hold the
@@ -58,6 +59,29 @@ def import_hashes(
     done = HashImport(Summary(planned=None))
     stopped: list[int] = []
     previous = {signum: signal.signal(signum, lambda signum, _frame: stopped.append(signum)) for signum in stop_signals}
+    # One batch is written (by a thread: the database works while this one parses) as the next is read and parsed.
+    writing = ThreadPoolExecutor(1, thread_name_prefix="hash-import")
+    pending: tuple[Future[Written], int] | None = None
+
+    def settle() -> None:
+        nonlocal pending
+        if pending is not None:
+            future, count = pending
+            pending = None
+            written = future.result()
+            done.summary.new += written.new
+            done.summary.updated += written.updated
+            done.summary.unchanged += count - written.new - written.updated
+            on_progress(count)
+
+    def flush(batch: list[Item]) -> None:
+        nonlocal pending
+        rows = _parse(batch, done.summary, on_failure, on_progress)
+        settle()
+        if len(rows):
+            future = writing.submit(writer.run, lambda connection: upsert_hash_rows(connection, collection_id, rows))
+            pending = (future, len(rows))
+
     try:
         batch: list[Item] = []
         for item in items:
@@ -69,13 +93,15 @@ def import_hashes(
                 continue
             batch.append(item)
             if len(batch) >= batch_size:
-                _write(writer, collection_id, batch, done.summary, on_progress, on_failure)
+                flush(batch)
                 batch = []
                 if stopped:
                     break
         else:
-            _write(writer, collection_id, batch, done.summary, on_progress, on_failure)
+            flush(batch)
+        settle()
     finally:
+        writing.shutdown(wait=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     done.summary.seconds = time.monotonic() - started
@@ -91,17 +117,13 @@ def _fail(
     on_progress(1)
 
 
-def _write(
-    writer: Writer,
-    collection_id: str,
+def _parse(
     batch: list[Item],
     summary: Summary,
-    on_progress: Callable[[int], object],
     on_failure: Callable[[Failure], object],
-) -> None:
-    """Parse the batch's hashes (a malformed one fails its row), then store the good rows in one transaction."""
-    if not batch:
-        return
+    on_progress: Callable[[int], object],
+) -> HashRows:
+    """The batch's rows with their hashes packed; a row with a malformed hash fails alone."""
     bmh1, bmh1_errors = pack_strings("bmh1", [item.hashes[0] for item in batch if item.hashes])
     phash, phash_errors = pack_strings("phash", [item.hashes[1] for item in batch if item.hashes])
     good: list[int] = []
@@ -112,15 +134,10 @@ def _write(
         else:
             _fail(summary, Failure(item.ext_id, item.source, error), on_failure, on_progress)
     kept = [batch[index] for index in good]
-    rows = HashRows(
+    return HashRows(
         [item.ext_id for item in kept],
         [item.attributes for item in kept],
         [item.url for item in kept],
-        bmh1[good],
-        phash[good],
+        bmh1[good] if len(good) < len(batch) else bmh1,
+        phash[good] if len(good) < len(batch) else phash,
     )
-    written = writer.run(lambda connection: upsert_hash_rows(connection, collection_id, rows))
-    summary.new += written.new
-    summary.updated += written.updated
-    summary.unchanged += len(kept) - written.new - written.updated
-    on_progress(len(kept))

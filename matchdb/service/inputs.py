@@ -173,11 +173,12 @@ _MANIFESTS: dict[str, Callable[[Path], Iterator[Item]]] = {".csv": _csv_items, "
 
 
 HASHES = ("bmh1", "phash")  # manifest keys of precomputed hashes (never attributes)
+_NOT_ATTRIBUTES = frozenset((*COMPUTED, *HASHES))
 
 
 def _manifest_item(row: dict[str, Any], manifest: Path, line: int) -> Item:
     """One manifest row; with both ``_file`` and ``_url`` the local file is read and the URL kept as the source."""
-    attributes = {k: v for k, v in row.items() if k not in COMPUTED and k not in HASHES}
+    attributes = {k: v for k, v in row.items() if k not in _NOT_ATTRIBUTES}
     given_id = row.get("_id")
     ext_id = "" if given_id is None or given_id == "" else str(given_id)
     file_value, url = row.get("_file"), row.get("_url")

@@ -113,9 +113,7 @@ def _postgres_statements() -> tuple[Any, Any]:
 _PG_UPDATE, _PG_INSERT = _postgres_statements()
 _SQLITE_UPDATE = _statement(_UPDATE.format(set=_SET.format(cast=""), stage=_STAGE, differs=_DIFFERS["sqlite"]))
 _SQLITE_INSERT = _statement(_INSERT.format(cast="", stage=_STAGE))
-_SQLITE_LOG = _statement(
-    "INSERT INTO changes (collection_id, op, record_id, created_at) VALUES (:collection, 'upsert', :id, :now)"
-)
+_SQLITE_LOG = _statement(_LOG.format("(SELECT value AS id FROM json_each(:ids))"))
 
 
 def upsert_hash_rows(connection: Connection, collection_id: str, rows: HashRows) -> Written:
@@ -146,8 +144,7 @@ def upsert_hash_rows(connection: Connection, collection_id: str, rows: HashRows)
                     "DELETE FROM thumbnails WHERE record_id IN (SELECT value FROM json_each(?))", (json.dumps(reset),)
                 )
             logged = sorted(row[0] for row in changed) + added
-            if logged:
-                connection.execute(_SQLITE_LOG, [{**values, "id": row_id} for row_id in logged])
+            connection.execute(_SQLITE_LOG, {**values, "ids": json.dumps(logged)})
             updated, new = len(changed), len(added)
     except IntegrityError as exc:  # the only foreign key is the collection: it went away
         if "foreign key" in str(exc.orig).lower() or getattr(exc.orig, "sqlstate", None) == "23503":
