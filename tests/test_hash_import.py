@@ -139,3 +139,19 @@ def test_imported_hashes_are_found_by_the_running_app(database_url: str, tmp_pat
                 assert answer["answer_distances"][0] == 0.0
         everything = api.call("visualKNN", {"query_record": {"_id": "h0"}, "k": 10})
         assert {record["_id"] for record in everything["answer_records"]} == {"h1", "h2", "by-image"}  # not itself
+
+
+def test_ids_and_attributes_that_need_escaping_round_trip(database_url: str, tmp_path: Path) -> None:
+    """COPY's text format escapes backslashes, tabs and line breaks: such values come back as they were given."""
+    (bmh1, phash), _ = random_hashes(3, 2)
+    odd_id = "tab\there\\back\nline é"
+    attributes = {"note": "a\\b\tc\nd \u00e9 \u2603", "nested": {"list": [1, "x\\y"]}, "none": None}
+    rows = [{"_id": odd_id, "bmh1": bmh1, "phash": phash, **attributes}]
+    result = run(
+        database_url, "ingest", "--create", "--collection", "odd", str(write_manifest(tmp_path / "o.jsonl", rows))
+    )
+    assert result.returncode == 0, result.stderr
+    records = stored(database_url, "odd")
+    assert list(records) == [odd_id] and records[odd_id].attributes == attributes
+    again = run(database_url, "ingest", "--collection", "odd", str(tmp_path / "o.jsonl"))
+    assert counts(again) == (0, 0, 1, 0)

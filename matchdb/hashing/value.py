@@ -107,9 +107,9 @@ def pack_strings(kind: str, texts: Sequence[object]) -> tuple[np.ndarray, list[s
             parts.append(text)
             continue
         parts.append(blank)
-    digits = np.frombuffer("".join(parts).encode("ascii"), np.uint8).reshape(len(texts), width) - ord("0")
-    bad = np.asarray((digits > 1).any(axis=1))
-    packed = np.packbits(digits, axis=1, bitorder="big")  # 8 digits per byte, most significant first
+    characters = np.frombuffer("".join(parts).encode("ascii"), np.uint8).reshape(len(texts), width)
+    bad = np.asarray(((characters | 1) != ord("1")).any(axis=1))  # only "0" and "1" become "1" with bit 0 set
+    packed = np.packbits(characters == ord("1"), axis=1, bitorder="big")  # 8 digits a byte, most significant first
     used = NBITS[kind] - 8 * (size - 1)  # bits of the last byte that belong to the hash (LSB first)
     padded: np.ndarray = (packed[:, -1] >> used) != 0 if used < 8 else np.zeros(len(texts), bool)
     for found in np.flatnonzero(bad | padded):

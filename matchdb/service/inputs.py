@@ -185,15 +185,15 @@ def _manifest_item(row: dict[str, Any], manifest: Path, line: int) -> Item:
     if url is not None and not isinstance(url, str):
         return Item(ext_id, f"{manifest}:{line}", error="_url must be a string")
     url = url or None
-    given = [row.get(kind) not in (None, "") for kind in HASHES]
-    if any(given):
+    bmh1, phash = row.get("bmh1"), row.get("phash")
+    if bmh1 not in (None, "") or phash not in (None, ""):
         source = f"{manifest}:{line}"
-        if not all(given):
-            missing = HASHES[given.index(False)]
+        if bmh1 in (None, "") or phash in (None, ""):
+            missing = "bmh1" if bmh1 in (None, "") else "phash"
             return Item(ext_id, source, error=f"{missing} missing: a row with hashes needs both bmh1 and phash")
         if not (ext_id or url):
             return Item(ext_id, source, error="a row with hashes needs an _id (or an _url)")
-        return Item(ext_id or str(url), source, url=url, attributes=attributes, hashes=(row["bmh1"], row["phash"]))
+        return Item(ext_id or str(url), source, url=url, attributes=attributes, hashes=(bmh1, phash))
     if file_value not in (None, ""):
         if not isinstance(file_value, str):
             return Item(ext_id, f"{manifest}:{line}", error="_file must be a string")

@@ -174,6 +174,12 @@ def _tuples(rows: HashRows) -> list[tuple[Any, ...]]:
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
+def _field(value: str) -> str:
+    """``value`` as a field of COPY's text format; ``translate`` (slow per character) only when something needs
+    escaping: a backslash, or a tab or line break (which ``isprintable`` rejects with any other control)."""
+    return value if value.isprintable() and "\\" not in value else value.translate(_ESCAPES)
+
+
 def _copy_stage(connection: Connection, rows: HashRows) -> None:
     """The batch into the staging table with one ``COPY`` in text format, its buffer built whole (the hashes as hex
     with one numpy call per column) rather than a ``write_row`` per row."""
@@ -182,9 +188,10 @@ def _copy_stage(connection: Connection, rows: HashRows) -> None:
     narrow = 2 * rows.phash.shape[1]
     phash = rows.phash.tobytes().hex()
     null, prefix = "\\N", "\\\\x"  # COPY's NULL, and bytea's hex prefix with its backslash escaped for COPY
+    backslash, escaped = "\\", "\\\\"  # JSON text holds no raw tab or line break, maybe backslashes
     lines = [
-        f"{index}\t{ext_id.translate(_ESCAPES)}\t{json.dumps(attributes).translate(_ESCAPES)}\t"
-        f"{null if url is None else url.translate(_ESCAPES)}\t"
+        f"{index}\t{_field(ext_id)}\t{json.dumps(attributes).replace(backslash, escaped)}\t"
+        f"{null if url is None else _field(url)}\t"
         f"{prefix}{bmh1[index * width : (index + 1) * width]}\t{prefix}{phash[index * narrow : (index + 1) * narrow]}\n"
         for index, (ext_id, attributes, url) in enumerate(
             zip(rows.ext_ids, rows.attributes, rows.source_urls, strict=True)
