@@ -53,10 +53,10 @@ _STAGE = "matchdb_hash_import"
 _STAGE_COLUMNS = "ord, ext_id, attributes, source_url, bmh1, phash"
 
 _CREATE = {
-    "postgresql": f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (ord integer, ext_id text, attributes text, "
-    "source_url text, bmh1 bytea, phash bytea) ON COMMIT DELETE ROWS",
+    "postgresql": f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (ord integer, ext_id varchar(500), attributes text, "
+    "source_url text, bmh1 bytea, phash bytea, rid bigint) ON COMMIT DELETE ROWS",
     "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (ord INTEGER, ext_id TEXT, attributes TEXT, "
-    "source_url TEXT, bmh1 BLOB, phash BLOB)",
+    "source_url TEXT, bmh1 BLOB, phash BLOB, rid INTEGER)",
 }
 
 # What counts as a change: the hashes, the attributes (as JSON values on Postgres, whose json type has no equality;
@@ -75,16 +75,21 @@ _SET = (
     f"checksum = CASE WHEN {_SAME_HASHES} THEN records.checksum ELSE '' END, "
     "bmh1 = s.bmh1, phash = s.phash, hash_version = :version, updated_at = :now"
 )
+# Each stage row finds its record by a scalar subquery, which always probes the unique index once per row: as a
+# join, the planner scanned every record of the collection per batch when their statistics were stale (as they are
+# during a large import), which made a 1M-row import quadratic.
+_FIND = (
+    f"UPDATE {_STAGE} SET rid = (SELECT r.id FROM records r WHERE r.collection_id = :collection "
+    f"AND r.ext_id = {_STAGE}.ext_id) RETURNING rid"
+)
 _UPDATE = (
-    "UPDATE records SET {set} FROM {stage} s WHERE records.collection_id = :collection "
-    "AND records.ext_id = s.ext_id AND {differs} "
+    "UPDATE records SET {set} FROM {stage} s WHERE records.id = s.rid AND {differs} "
     "RETURNING records.id, records.checksum"
 )
 _INSERT = (
     "INSERT INTO records (collection_id, ext_id, attributes, source_url, width, height, checksum, bmh1, phash, "
     "hash_version, updated_at) SELECT :collection, s.ext_id, s.attributes{cast}, s.source_url, 0, 0, '', s.bmh1, "
-    "s.phash, :version, :now FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.collection_id = "
-    ":collection AND r.ext_id = s.ext_id) ORDER BY s.ord RETURNING id"
+    "s.phash, :version, :now FROM {stage} s WHERE s.rid IS NULL ORDER BY s.ord{conflict} RETURNING id"
 )
 _LOG = (
     "INSERT INTO changes (collection_id, op, record_id, created_at) "
@@ -94,7 +99,8 @@ _UNTHUMB = "DELETE FROM thumbnails WHERE record_id IN (SELECT id FROM {} WHERE c
 
 
 def _statement(sql: str) -> Any:
-    return text(sql).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("collection", type_=String()))
+    types = {"now": UTCDateTime(), "collection": String()}
+    return text(sql).bindparams(*(bindparam(name, type_=kind) for name, kind in types.items() if f":{name}" in sql))
 
 
 def _postgres_statements() -> tuple[Any, Any]:
@@ -105,14 +111,17 @@ def _postgres_statements() -> tuple[Any, Any]:
         f"WITH changed AS ({update}), logged AS ({_LOG.format('changed')}), "
         f"unthumb AS ({_UNTHUMB.format('changed')}) SELECT count(*) FROM changed"
     )
-    insert = _INSERT.format(cast="::json", stage=_STAGE)
+    # a record another writer inserted since the find is left to it (counted unchanged), not a failed batch
+    insert = _INSERT.format(cast="::json", stage=_STAGE, conflict=" ON CONFLICT (collection_id, ext_id) DO NOTHING")
     inserted = f"WITH added AS ({insert}), logged AS ({_LOG.format('added')}) SELECT count(*) FROM added"
     return _statement(updated), _statement(inserted)
 
 
 _PG_UPDATE, _PG_INSERT = _postgres_statements()
 _SQLITE_UPDATE = _statement(_UPDATE.format(set=_SET.format(cast=""), stage=_STAGE, differs=_DIFFERS["sqlite"]))
-_SQLITE_INSERT = _statement(_INSERT.format(cast="", stage=_STAGE))
+_SQLITE_INSERT = _statement(_INSERT.format(cast="", stage=_STAGE, conflict=""))
+_PG_FIND = _statement(f"WITH found AS ({_FIND}) SELECT count(rid) FROM found")
+_SQLITE_FIND = _statement(_FIND)
 _SQLITE_LOG = _statement(_LOG.format("(SELECT value AS id FROM json_each(:ids))"))
 
 
@@ -133,10 +142,12 @@ def upsert_hash_rows(connection: Connection, collection_id: str, rows: HashRows)
     values = {"collection": collection_id, "version": HASH_VERSION, "now": datetime.now(UTC)}
     try:
         if dialect == "postgresql":
-            updated = int(connection.execute(_PG_UPDATE, values).scalar_one())
+            found = int(connection.execute(_PG_FIND, values).scalar_one())
+            updated = int(connection.execute(_PG_UPDATE, values).scalar_one()) if found else 0
             new = int(connection.execute(_PG_INSERT, values).scalar_one())
         else:
-            changed = connection.execute(_SQLITE_UPDATE, values).all()
+            found = any(row[0] is not None for row in connection.execute(_SQLITE_FIND, values))
+            changed = connection.execute(_SQLITE_UPDATE, values).all() if found else []
             added = [row[0] for row in connection.execute(_SQLITE_INSERT, values)]
             reset = [row_id for row_id, checksum in changed if checksum == ""]
             if reset:
