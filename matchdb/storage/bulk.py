@@ -99,7 +99,7 @@ _UNTHUMB = "DELETE FROM thumbnails WHERE record_id IN (SELECT id FROM {} WHERE c
 
 
 def _statement(sql: str) -> Any:
-    types = {"now": UTCDateTime(), "collection": String()}
+    types: dict[str, Any] = {"now": UTCDateTime(), "collection": String()}
     return text(sql).bindparams(*(bindparam(name, type_=kind) for name, kind in types.items() if f":{name}" in sql))
 
 
