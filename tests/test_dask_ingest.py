@@ -346,7 +346,7 @@ def test_lazy_listing_yields_discovers_items_in_its_order(tmp_path: Path, folder
         None,
         None,
         "_id repeated (given to an earlier item)",
-        "the row has neither _url nor _file",
+        "the row has neither _url nor _file (nor bmh1 and phash)",
     ] + [None] * PHOTOS
     assert [i.error is None for i in lazy] == [i.error is None for i in eager]
     assert [item.ext_id for item in iter_items([tmp_path])][:5] == [

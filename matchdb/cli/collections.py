@@ -127,6 +127,7 @@ def ingest_command(
 ) -> None:
     """Hash and store the images behind PATHS: folders (searched recursively), image files, or manifests (.csv with
     a header row, .jsonl) whose rows have _url or _file (relative to the manifest), optionally _id, and attributes.
+    A manifest row with bmh1 and phash (the strings visual_hash returns) is stored as given, without any download.
 
     Resumable: records whose _id and image checksum are stored already are skipped, changed ones are rehashed.
     Ctrl-C or SIGTERM stops it cleanly: what is done is stored, it says how far it got, and exits 130 or 143.
@@ -134,7 +135,8 @@ def ingest_command(
     """
     with _early_ctrl_c():  # until the run takes over SIGINT (listing, forking, opening the database)
         from matchdb.service import ingest as service
-        from matchdb.service.inputs import discover
+        from matchdb.service.hash_import import import_hashes
+        from matchdb.service.inputs import iter_items
 
         settings = load_settings()
         report = report or _default_report(settings.database_url, key)
@@ -143,27 +145,39 @@ def ingest_command(
                 raise click.UsageError("-j does not apply with --dask-scheduler: the cluster's workers do the hashing")
             _ingest_on_cluster(scheduler, settings, paths, key, workspace, create, batch_size, report)
             return
-        items = discover(paths)
-        workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
-        with process_pool(workers) as pool:  # first: its workers must fork before any thread starts
-            engine = open_engine(settings)
-            info = resolve_collection(engine, workspace, key, create, can_create=True)
-            with (
-                progress(len(items), "img", "ingest") as bar,
-                service.FailureReport(report) as failures,
-            ):
-                summary = service.run_ingest(
+        engine = open_engine(settings)
+        info = resolve_collection(engine, workspace, key, create, can_create=True)
+        stop = (signal.SIGINT, signal.SIGTERM)
+        with service.FailureReport(report) as failures:
+            # Rows with precomputed hashes are stored as the inputs are read; the images found are ingested next.
+            with progress(None, "row", "hashes") as bar:
+                imported = import_hashes(
                     engine,
                     info.id,
-                    items,
-                    pool=pool,
-                    jobs=workers,
+                    iter_items(paths),
                     settings=settings,
-                    batch_size=batch_size,
-                    on_progress=lambda _status: bar.update(),
+                    on_progress=bar.update,
                     on_failure=failures,
-                    stop_signals=(signal.SIGINT, signal.SIGTERM),
+                    stop_signals=stop,
                 )
+            summary, items = imported.summary, imported.images
+            if items and summary.stopped_by is None:
+                engine.dispose()  # no connection crosses the fork of the hashing processes
+                workers = min(jobs or os.cpu_count() or 1, max(1, len(items)))
+                with process_pool(workers) as pool, progress(len(items), "img", "ingest") as bar:
+                    images_summary = service.run_ingest(
+                        engine,
+                        info.id,
+                        items,
+                        pool=pool,
+                        jobs=workers,
+                        settings=settings,
+                        batch_size=batch_size,
+                        on_progress=lambda _status: bar.update(),
+                        on_failure=failures,
+                        stop_signals=stop,
+                    )
+                summary = summary.then(images_summary) if summary.total else images_summary
         _finish(summary, failures)
 
 
@@ -191,7 +205,7 @@ def _ingest_on_cluster(
     cluster's workers (:mod:`matchdb.service.cluster`); the same summary, report and exit status."""
     from matchdb.service import cluster
     from matchdb.service.ingest import FailureReport
-    from matchdb.service.inputs import iter_items
+    from matchdb.service.inputs import iter_items, without_hashes
 
     try:
         cluster.require_postgres(settings.database_url)
@@ -206,7 +220,10 @@ def _ingest_on_cluster(
                 scheduler,
                 settings.database_url,
                 info.id,
-                iter_items([path.absolute() for path in paths]),  # the workers run elsewhere, in another folder
+                without_hashes(  # the workers run elsewhere, in another folder
+                    iter_items([path.absolute() for path in paths]),
+                    "rows with precomputed hashes are imported without --dask-scheduler (no hashing to share out)",
+                ),
                 chunk_size=batch_size,
                 on_progress=bar.update,
                 on_failure=failures,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,3 +82,43 @@ class VisualHash:
 def percent(hamming: int, nbits: int) -> float:
     """Hamming distance as the percentage of the hash's real length."""
     return 100.0 * hamming / nbits
+
+
+def pack_strings(kind: str, texts: Sequence[object]) -> tuple[np.ndarray, list[str | None]]:
+    """Many hashes in the API's string form at once (:meth:`VisualHash.from_string`'s format), parsed with numpy:
+    a bulk import of precomputed hashes parses a million of them, which one at a time took longer than storing them.
+
+    Returns the packed hashes, one row per text (zeros where the text is bad), and for each text ``None`` or why it
+    is not a ``kind`` hash: not a string, the wrong length, characters other than 0 and 1, or padding bits set (the
+    bits past ``NBITS[kind]`` in the last byte are always 0: a 1 there would count in every distance)."""
+    size = packed_size(kind)
+    width = size * 8
+    errors: list[str | None] = [None] * len(texts)
+    blank = "0" * width
+    parts: list[str] = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            errors[index] = f"{kind} must be a string of {width} characters 0 and 1, not {type(text).__name__}"
+        elif len(text) != width:
+            errors[index] = f"{kind} must be {width} characters 0 and 1, got {len(text)}"
+        elif not text.isascii():
+            errors[index] = f"{kind} must be {width} characters 0 and 1, got other characters"
+        else:
+            parts.append(text)
+            continue
+        parts.append(blank)
+    characters = np.frombuffer("".join(parts).encode("ascii"), np.uint8).reshape(len(texts), width)
+    bad = np.asarray(((characters | 1) != ord("1")).any(axis=1))  # only "0" and "1" become "1" with bit 0 set
+    packed = np.packbits(characters == ord("1"), axis=1, bitorder="big")  # 8 digits a byte, most significant first
+    used = NBITS[kind] - 8 * (size - 1)  # bits of the last byte that belong to the hash (LSB first)
+    padded: np.ndarray = (packed[:, -1] >> used) != 0 if used < 8 else np.zeros(len(texts), bool)
+    for found in np.flatnonzero(bad | padded):
+        at = int(found)
+        if errors[at] is None:
+            errors[at] = (
+                f"{kind} must be {width} characters 0 and 1, got other characters"
+                if bad[at]
+                else f"{kind} has padding bits set (the first {8 - used} of its last 8 characters must be 0)"
+            )
+    packed[[error is not None for error in errors]] = 0
+    return packed, errors

@@ -177,6 +177,19 @@ class Summary:
     def count(self, status: Status) -> None:
         setattr(self, status, getattr(self, status) + 1)
 
+    def then(self, later: Summary) -> Summary:
+        """This run followed by ``later`` (an import of hashes, then the images the inputs also had)."""
+        planned = None if self.planned is None or later.planned is None else self.planned + later.planned
+        return Summary(
+            self.new + later.new,
+            self.updated + later.updated,
+            self.unchanged + later.unchanged,
+            self.failed + later.failed,
+            self.seconds + later.seconds,
+            planned,
+            self.stopped_by if self.stopped_by is not None else later.stopped_by,
+        )
+
     def __str__(self) -> str:
         counts = (
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.failed} failed in "

@@ -2,7 +2,13 @@
 :class:`Item` values in a deterministic order.
 
 The order decides insertion order, hence how ties rank in visualKNN. Rows that cannot work (no ``_url`` nor
-``_file``, a repeated ``_id``) become failed items instead of raising, so one bad row never stops a run.
+``_file`` nor hashes, a repeated ``_id``) become failed items instead of raising, so one bad row never stops a run.
+
+A manifest row may carry precomputed hashes instead of an image: ``bmh1`` and ``phash`` as the strings
+``visual_hash`` returns (:mod:`matchdb.service.hash_import` stores them without any download or decode). Both are
+needed, since every record holds both. The hashes win over an image source in the same row: ``_url`` is then kept as
+the record's ``_url`` (shown, never fetched) and ``_file`` is not read, because the point of such a row is to store
+hashes someone already computed (a catalogue moved from Ximilar lists both), not to compute them again.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ class Item:
     url: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    hashes: tuple[object, object] | None = None  # (bmh1, phash) as the manifest gave them, checked when stored
 
 
 def discover(paths: Sequence[Path], unique_ids: bool = True) -> list[Item]:
@@ -58,7 +65,15 @@ def discover(paths: Sequence[Path], unique_ids: bool = True) -> list[Item]:
             items.extend(rows)
         else:  # named explicitly, so taken whatever its extension
             items.append(Item(path.name, str(path), path=path))
+    items = [_image_needed(item) for item in items]
     return _mark_repeated(items) if unique_ids else items
+
+
+def _image_needed(item: Item) -> Item:
+    """:func:`discover` serves commands that read images (dedupe): a row of hashes alone has none to read."""
+    if item.hashes is not None and item.path is None and item.url is None:
+        return Item(item.ext_id, item.source, error="a row of hashes alone (no _url nor _file) has no image to read")
+    return item
 
 
 def iter_items(paths: Sequence[Path]) -> Iterator[Item]:
@@ -82,6 +97,12 @@ def iter_items(paths: Sequence[Path]) -> Iterator[Item]:
                     item = Item(item.ext_id, item.source, error="_id repeated (given to an earlier item)")
                 seen.add(digest)
             yield item
+
+
+def without_hashes(items: Iterable[Item], why: str) -> Iterator[Item]:
+    """``items`` with every row of precomputed hashes failed for ``why`` (a path that only ingests images)."""
+    for item in items:
+        yield Item(item.ext_id, item.source, error=why) if item.hashes is not None and item.error is None else item
 
 
 def folder_images(root: Path) -> list[tuple[str, Path]]:
@@ -151,15 +172,28 @@ def _jsonl_items(manifest: Path) -> Iterator[Item]:
 _MANIFESTS: dict[str, Callable[[Path], Iterator[Item]]] = {".csv": _csv_items, ".jsonl": _jsonl_items}
 
 
+HASHES = ("bmh1", "phash")  # manifest keys of precomputed hashes (never attributes)
+_NOT_ATTRIBUTES = frozenset((*COMPUTED, *HASHES))
+
+
 def _manifest_item(row: dict[str, Any], manifest: Path, line: int) -> Item:
     """One manifest row; with both ``_file`` and ``_url`` the local file is read and the URL kept as the source."""
-    attributes = {k: v for k, v in row.items() if k not in COMPUTED}
+    attributes = {k: v for k, v in row.items() if k not in _NOT_ATTRIBUTES}
     given_id = row.get("_id")
     ext_id = "" if given_id is None or given_id == "" else str(given_id)
     file_value, url = row.get("_file"), row.get("_url")
     if url is not None and not isinstance(url, str):
         return Item(ext_id, f"{manifest}:{line}", error="_url must be a string")
     url = url or None
+    bmh1, phash = row.get("bmh1"), row.get("phash")
+    if bmh1 not in (None, "") or phash not in (None, ""):
+        source = f"{manifest}:{line}"
+        if bmh1 in (None, "") or phash in (None, ""):
+            missing = "bmh1" if bmh1 in (None, "") else "phash"
+            return Item(ext_id, source, error=f"{missing} missing: a row with hashes needs both bmh1 and phash")
+        if not (ext_id or url):
+            return Item(ext_id, source, error="a row with hashes needs an _id (or an _url)")
+        return Item(ext_id or str(url), source, url=url, attributes=attributes, hashes=(bmh1, phash))
     if file_value not in (None, ""):
         if not isinstance(file_value, str):
             return Item(ext_id, f"{manifest}:{line}", error="_file must be a string")
@@ -168,7 +202,7 @@ def _manifest_item(row: dict[str, Any], manifest: Path, line: int) -> Item:
         return Item(ext_id or relative.as_posix(), str(path), path=path, url=url, attributes=attributes)
     if url is not None:
         return Item(ext_id or url, url, url=url, attributes=attributes)
-    return Item(ext_id, f"{manifest}:{line}", error="the row has neither _url nor _file")
+    return Item(ext_id, f"{manifest}:{line}", error="the row has neither _url nor _file (nor bmh1 and phash)")
 
 
 def _mark_repeated(items: list[Item]) -> list[Item]:

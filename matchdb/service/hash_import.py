@@ -1,0 +1,143 @@
+"""Import of precomputed hashes: manifest rows that carry ``bmh1`` and ``phash`` (the strings ``visual_hash``
+returns) are stored as records without any download or decode, in large set-based batches
+(:mod:`matchdb.storage.bulk`). How a catalogue moves from Ximilar, or from a pipeline that has its hashes already.
+
+The inputs are read as a stream: rows with hashes are parsed (with numpy, a batch at a time), checked and written
+as they come, so a manifest of any length takes bounded memory; every other item (images, rows with ``_url`` or
+``_file`` only) is handed back for the image pipeline of :mod:`matchdb.service.ingest`. A malformed hash fails its
+row alone. Counts and failures are reported as that pipeline reports them: rerunning the same manifest finds every
+row unchanged, and a row whose hashes, attributes or ``_url`` changed updates its record in place.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from matchdb.config import Settings
+from matchdb.hashing.value import pack_strings
+from matchdb.service.ingest import Failure, Summary
+from matchdb.service.inputs import Item
+from matchdb.storage.bulk import HashRows, Written, upsert_hash_rows
+from matchdb.storage.transactions import Writer
+
+BATCH = 20_000  # rows per transaction: large enough that per-statement costs vanish, small enough to hold the
+# writers' turn well under a second
+
+
+@dataclass
+class HashImport:
+    """What an import did: its summary, and the items it left for the image pipeline (in input order)."""
+
+    summary: Summary
+    images: list[Item] = field(default_factory=list)
+
+
+def import_hashes(
+    engine: Engine,
+    collection_id: str,
+    items: Iterable[Item],
+    *,
+    settings: Settings,
+    batch_size: int = BATCH,
+    on_progress: Callable[[int], object] = lambda _: None,
+    on_failure: Callable[[Failure], object] = lambda _: None,
+    stop_signals: Iterable[int] = (),
+) -> HashImport:
+    """Store the items that carry hashes, ``batch_size`` per transaction, and return the others untouched.
+    ``on_progress`` is told how many rows were done, a batch at a time.
+
+    The first of ``stop_signals`` stops the run between batches: what was written is stored, and the summary says
+    it was stopped (``stopped_by``); a rerun skips what is stored already."""
+    writer = Writer(engine, settings.write_attempts, settings.database_timeout)
+    started = time.monotonic()
+    done = HashImport(Summary(planned=None))
+    stopped: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _frame: stopped.append(signum)) for signum in stop_signals}
+    # One batch is written (by a thread: the database works while this one parses) as the next is read and parsed.
+    writing = ThreadPoolExecutor(1, thread_name_prefix="hash-import")
+    pending: tuple[Future[Written], int] | None = None
+
+    def settle() -> None:
+        nonlocal pending
+        if pending is not None:
+            future, count = pending
+            pending = None
+            written = future.result()
+            done.summary.new += written.new
+            done.summary.updated += written.updated
+            done.summary.unchanged += count - written.new - written.updated
+            on_progress(count)
+
+    def flush(batch: list[Item]) -> None:
+        nonlocal pending
+        rows = _parse(batch, done.summary, on_failure, on_progress)
+        settle()
+        if len(rows):
+            future = writing.submit(writer.run, lambda connection: upsert_hash_rows(connection, collection_id, rows))
+            pending = (future, len(rows))
+
+    try:
+        batch: list[Item] = []
+        for item in items:
+            if (item.hashes is None and item.error is None) or (item.error is not None and done.images):
+                done.images.append(item)  # an unusable row after an image: reported in order with the images
+                continue
+            if item.error is not None:
+                _fail(done.summary, Failure(item.ext_id, item.source, item.error), on_failure, on_progress)
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush(batch)
+                batch = []
+                if stopped:
+                    break
+        else:
+            flush(batch)
+        settle()
+    finally:
+        writing.shutdown(wait=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    done.summary.seconds = time.monotonic() - started
+    done.summary.stopped_by = stopped[0] if stopped else None
+    return done
+
+
+def _fail(
+    summary: Summary, failure: Failure, on_failure: Callable[[Failure], object], on_progress: Callable[[int], object]
+) -> None:
+    summary.count("failed")
+    on_failure(failure)
+    on_progress(1)
+
+
+def _parse(
+    batch: list[Item],
+    summary: Summary,
+    on_failure: Callable[[Failure], object],
+    on_progress: Callable[[int], object],
+) -> HashRows:
+    """The batch's rows with their hashes packed; a row with a malformed hash fails alone."""
+    bmh1, bmh1_errors = pack_strings("bmh1", [item.hashes[0] for item in batch if item.hashes])
+    phash, phash_errors = pack_strings("phash", [item.hashes[1] for item in batch if item.hashes])
+    good: list[int] = []
+    for index, item in enumerate(batch):
+        error = bmh1_errors[index] or phash_errors[index]
+        if error is None:
+            good.append(index)
+        else:
+            _fail(summary, Failure(item.ext_id, item.source, error), on_failure, on_progress)
+    kept = [batch[index] for index in good]
+    return HashRows(
+        [item.ext_id for item in kept],
+        [item.attributes for item in kept],
+        [item.url for item in kept],
+        bmh1[good] if len(good) < len(batch) else bmh1,
+        phash[good] if len(good) < len(batch) else phash,
+    )
