@@ -13,11 +13,13 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from sqlalchemy import Engine
@@ -28,9 +30,11 @@ from matchdb.service.indexes import CollectionIndex, IndexRegistry
 from matchdb.service.segments import SegmentStore, database_identity
 from matchdb.storage.changes import append_change, prune_changes
 from matchdb.storage.collections import delete_collection
-from matchdb.storage.database import make_engine
+from matchdb.storage.database import make_engine, upgrade
 from matchdb.storage.hash_load import load_hashes
 from matchdb.storage.records import NewRecord, delete_records, upsert_records
+from tests.conftest import fresh_postgres_database
+from tests.servers import matchdb_server
 from tests.test_index_registry import fill, random_bmh1
 
 
@@ -383,3 +387,64 @@ def test_a_full_disk_serves_from_memory_with_a_warning(
     assert "not written" in caplog.text and "No space left" in caplog.text
     assert not list(tiny_folder.glob("*.seg")) and not list(tiny_folder.glob(".*.tmp"))
     assert_answers_equal_scan(engine, collection_id, loaded, seed=12)
+
+
+# --- real servers -------------------------------------------------------------------------------------------------
+
+
+def segment_mappings(pid: int) -> dict[str, int]:
+    """Per /proc/<pid>/smaps: the kB of this process's resident pages that are segment files' (file-backed, by
+    construction of smaps) and shared with another process, and its anonymous kB overall."""
+    found = {"seg_rss": 0, "seg_shared": 0, "anonymous": 0}
+    in_segment = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if "-" in parts[0] and not parts[0].endswith(":"):  # a mapping's first line: range perms offset dev inode path
+            in_segment = len(parts) >= 6 and parts[5].endswith(".seg")
+        elif parts[0] == "Rss:" and in_segment:
+            found["seg_rss"] += int(parts[1])
+        elif parts[0] in ("Shared_Clean:", "Shared_Dirty:") and in_segment:
+            found["seg_shared"] += int(parts[1])
+        elif parts[0] == "Anonymous:":
+            found["anonymous"] += int(parts[1])
+    return found
+
+
+@pytest.mark.postgres
+def test_two_workers_of_one_serve_share_one_mapped_file(postgres_server_url: str, tmp_path: Path) -> None:
+    url, drop = fresh_postgres_database(postgres_server_url)
+    try:
+        engine = make_engine(url)
+        upgrade(engine)
+        collection_id, hashes = fill(engine, 40_000, seed=13)
+        folder = tmp_path / "index"
+        env = {"MATCHDB_DATABASE_URL": url, "MATCHDB_INDEX_FOLDER": str(folder)}
+        with matchdb_server(env, workers=2) as server:
+            pid = server.process.pid
+            children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # (a child may be a helper that maps nothing: the workers do)
+                seen = [m for m in map(segment_mappings, children) if m["seg_rss"]]
+                if len(seen) == 2 and all(m["seg_shared"] > 0 for m in seen):
+                    break
+                time.sleep(0.2)
+            assert len(seen) == 2
+            [(generation, path)] = store_for(engine, folder).generations(collection_id)
+            size_kb = path.stat().st_size // 1024
+            for mapping in seen:  # each worker reads the whole file (the CRC pass) from the one page-cache copy
+                assert mapping["seg_rss"] >= size_kb * 0.9 and mapping["seg_shared"] >= size_kb * 0.9, (
+                    mapping,
+                    size_kb,
+                )
+            assert generation == 1  # built once, by one worker; the other waited and mapped it
+            response = httpx.post(
+                f"{server.url}/v2/visualKNN",
+                json={"query_record": {"_id": "r7"}, "k": 3},
+                headers={"collection-id": collection_id},
+                timeout=30,
+            ).json()
+            assert response["status"]["code"] == 200  # the query record itself excluded: the scan's first
+            expected = scan_nearest(engine, collection_id, "bmh1", hashes["r7"][0], 4)[1:]
+            assert response["answer_hamming"] == [bits for bits, _ in expected]
+    finally:
+        drop()
