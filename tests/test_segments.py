@@ -34,7 +34,7 @@ from matchdb.storage.database import make_engine, upgrade
 from matchdb.storage.hash_load import load_hashes
 from matchdb.storage.records import NewRecord, delete_records, upsert_records
 from tests.conftest import fresh_postgres_database
-from tests.servers import matchdb_server
+from tests.servers import matchdb_server, run_matchdb
 from tests.test_index_registry import fill, random_bmh1
 
 
@@ -448,3 +448,17 @@ def test_two_workers_of_one_serve_share_one_mapped_file(postgres_server_url: str
             assert response["answer_hamming"] == [bits for bits, _ in expected]
     finally:
         drop()
+
+
+def test_rebuild_index_with_no_server_writes_the_next_generation(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    collection_id, _ = fill(engine, 500, seed=14)
+    folder = tmp_path / "index"
+    env = {"MATCHDB_DATABASE_URL": url, "MATCHDB_INDEX_FOLDER": str(folder)}
+    for generation in (1, 2):
+        done = run_matchdb(["rebuild-index", "--collection", collection_id], env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"segment generation {generation} written" in done.stdout
+        assert [g for g, _ in store_for(engine, folder).generations(collection_id)] == [generation]
