@@ -47,8 +47,9 @@ def rebuild_index(key: str | None, timeout: float, fresh: float) -> None:
                 f"{collection_id}: {offline.records} records, built in {offline.build_seconds:.2f} s, "
                 f"{offline.memory_bytes / 1e6:.1f} MB ({per_record:.0f} bytes/record); check: "
                 f"{offline.checked_queries} k-NN queries, {offline.mismatches} differ from brute force"
-                + (f"; segment generation {offline.segment_generation} written" if offline.segment_generation else "")
             )
+            if offline.segment_generation:
+                click.echo(f"{collection_id}: segment generation {offline.segment_generation} written")
             failed |= offline.mismatches > 0
         if failed:
             sys.exit(1)
