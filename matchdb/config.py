@@ -76,6 +76,7 @@ class Settings:
     fetch_concurrency: int = 16
     hash_threads: int = 0  # 0: one per CPU core
     index_wait: float = 30.0
+    index_folder: str = ""  # index segments (docs/scaling.md); empty: beside the SQLite file or the data folder; off
     database_timeout: float = 10.0
     write_attempts: int = 3
     drain_timeout: float = 30.0

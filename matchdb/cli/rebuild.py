@@ -19,13 +19,16 @@ def rebuild_index(key: str | None, timeout: float, fresh: float) -> None:
     Running servers are asked through the change log to rebuild in the background and swap the new indexes in
     atomically (queries are answered throughout); this waits until every server with a fresh heartbeat reports the
     new generation. With no server running, the indexes are built here, offline, checked against a brute-force
-    scan, and their size, build time and memory are printed; nothing is persisted (the database is the truth).
+    scan, and their size, build time and memory are printed; with an index folder (``MATCHDB_INDEX_FOLDER``) the
+    build is written as the collection's next segment generation, which the next server start maps.
     """
     from matchdb.service import rebuild
+    from matchdb.service.segments import segment_store
     from matchdb.storage.changes import ALL_COLLECTIONS
     from matchdb.storage.collections import list_collections
 
-    engine = open_engine(load_settings())
+    settings = load_settings()
+    engine = open_engine(settings)
     if key is None:
         with engine.connect() as connection:
             targets = [info.id for info in list_collections(connection)]
@@ -36,13 +39,17 @@ def rebuild_index(key: str | None, timeout: float, fresh: float) -> None:
         click.echo("no server is running: building offline", err=True)
         failed = False
         for collection_id in targets:
-            offline = rebuild.offline_rebuild(engine, collection_id)
+            offline = rebuild.offline_rebuild(
+                engine, collection_id, segments=segment_store(settings.index_folder, engine)
+            )
             per_record = offline.memory_bytes / offline.records if offline.records else 0
             click.echo(
                 f"{collection_id}: {offline.records} records, built in {offline.build_seconds:.2f} s, "
                 f"{offline.memory_bytes / 1e6:.1f} MB ({per_record:.0f} bytes/record); check: "
                 f"{offline.checked_queries} k-NN queries, {offline.mismatches} differ from brute force"
             )
+            if offline.segment_generation:
+                click.echo(f"{collection_id}: segment generation {offline.segment_generation} written")
             failed |= offline.mismatches > 0
         if failed:
             sys.exit(1)

@@ -112,6 +112,9 @@ class NumpyTreeIndex:
         self.packed_bytes = (nbits + 7) // 8
         self._lock = threading.RLock()
         self._builds = 0
+        # Called (under the lock) instead of rebuilding in place when a rebuild is due, if set: a mapped segment's
+        # owner compacts by writing the next segment (matchdb.service.segments); it returns whether it took over.
+        self.on_due: Callable[[], bool] | None = None
         self._snap = self._fresh(build(nbits, np.empty((0, self.nwords), np.uint64), np.empty(0, np.int64), 0))
 
     def _fresh(self, tree: Tree) -> _Snapshot:
@@ -290,8 +293,26 @@ class NumpyTreeIndex:
         return too_many_new or snap.tree.alive.dead > max(tuning.DELTA_MIN, tuning.DEAD_SHARE * size)
 
     def _rebuild_if_due(self, snap: _Snapshot) -> None:
-        if self._due(snap):
+        if self._due(snap) and not (self.on_due is not None and self.on_due()):
             self.rebuild()
+
+    @property
+    def tree(self) -> Tree:
+        """The built tree of the current snapshot (what a segment stores, right after a build)."""
+        return self._snap.tree
+
+    @property
+    def pending(self) -> int:
+        """Records in the delta (added since the tree was built, alive or not)."""
+        return self._snap.delta_count
+
+    def load_tree(self, tree: Tree) -> None:
+        """Serve a built tree (e.g. mapped from a segment) with an empty delta, replacing everything."""
+        if tree.nbits != self.nbits:
+            raise ValueError("the tree is of another hash length")
+        with self._lock:
+            self._builds += 1
+            self._snap = self._fresh(tree)
 
     def rebuild(self) -> None:
         """Rebuild the tree from the live records; readers keep the old snapshot until the new one is swapped in."""
@@ -309,7 +330,7 @@ class NumpyTreeIndex:
         snap = self._snap
         if self._due(snap) and self._lock.acquire(blocking=False):
             try:
-                if self._due(self._snap):
+                if self._due(self._snap) and not (self.on_due is not None and self.on_due()):
                     self.rebuild()
                 snap = self._snap
             finally:

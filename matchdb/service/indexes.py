@@ -24,8 +24,10 @@ from matchdb import metrics
 from matchdb.errors import MatchdbError
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import HammingIndex, NumpyTreeIndex
+from matchdb.index.segment import Mapped
 from matchdb.memory import release_free_memory
 from matchdb.service.rowids import RowIds
+from matchdb.service.segments import SegmentStore, changes_after
 from matchdb.storage.changes import ALL_COLLECTIONS, PRUNED, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
 from matchdb.storage.hash_load import load_hashes
@@ -52,6 +54,8 @@ class CollectionIndex:
     load_seconds: float = 0.0
     error: str = ""
     failure: BaseException | None = None  # why the load failed (a database outage is a 503, not a bug)
+    segment: Mapped | None = None  # the segment its trees are mapped from (None: built in this process's heap)
+    compacting: bool = False  # the next segment is being written or awaited
 
     @property
     def size(self) -> int:
@@ -62,9 +66,12 @@ class CollectionIndex:
 class IndexRegistry:
     """Blocking (SQL and CPU): call from worker threads, never from the event loop."""
 
-    def __init__(self, engine: Engine, factory: IndexFactory = NumpyTreeIndex) -> None:
+    def __init__(
+        self, engine: Engine, factory: IndexFactory = NumpyTreeIndex, segments: SegmentStore | None = None
+    ) -> None:
         self._engine = engine
         self._factory = factory
+        self.segments = segments  # None: every index is built in this process's heap
         self._lock = threading.RLock()
         self._collections: dict[str, CollectionIndex] = {}
         self._rebuilding: dict[str, CollectionIndex] = {}  # replacement indexes being built (they get changes too)
@@ -84,6 +91,8 @@ class IndexRegistry:
             self.catch_up()
             with self._engine.connect() as connection:
                 ids = [info.id for info in list_collections(connection)]
+            if self.segments is not None:
+                self.segments.sweep(set(ids))
             for collection_id in ids:
                 self._ensure_loading(collection_id, background=False)
 
@@ -181,6 +190,8 @@ class IndexRegistry:
                 if change.op == "drop":  # whatever state its indexes are in, they are gone
                     self._collections.pop(change.collection_id, None)
                     self._rebuilding.pop(change.collection_id, None)
+                    if self.segments is not None:
+                        self.segments.remove(change.collection_id)
                     continue
                 shadow = self._rebuilding.get(change.collection_id)
                 if shadow is not None:
@@ -249,25 +260,17 @@ class IndexRegistry:
                 loaded.by_kind["phash"].add(record.row_id, int.from_bytes(record.phash, "little"))
                 loaded.row_ids.add(record.row_id)
 
-    def _load(self, collection_id: str, loaded: CollectionIndex, replaces: bool = False) -> None:
-        """Stream the collection's hashes into the fresh indexes, then replay what changed meanwhile.
+    def _load(self, collection_id: str, loaded: CollectionIndex, replaces: bool = False, newer_than: int = -1) -> None:
+        """Fill the fresh indexes: mapped from a segment and caught up from the change log, else streamed from the
+        database (and a segment written for the next process); then replay what changed meanwhile.
 
         With ``replaces`` the indexes are a rebuild's: the replay and the swap happen in one hold of the lock, so no
-        catch-up can slip a change in between."""
+        catch-up can slip a change in between. ``newer_than``: a compaction wants a segment newer than that
+        generation (its own)."""
         started = time.perf_counter()
         try:
-            with self._engine.connect() as connection:
-                stored = load_hashes(connection, collection_id)
-            # Into an empty index a bulk load builds the tree at once, so the first query after "ready" does not.
-            # The two hash types build in parallel (numpy releases the GIL in its long loops: two cores, two builds).
-            packed = {"bmh1": stored.bmh1, "phash": stored.phash}
-            with ThreadPoolExecutor(len(packed), thread_name_prefix="matchdb-build") as pool:
-                builds = [pool.submit(loaded.by_kind[k].bulk_load_packed, stored.keys, v) for k, v in packed.items()]
-                for build in builds:
-                    build.result()
-            loaded.row_ids.load(stored.keys)
-            del stored, packed, builds
-            release_free_memory()  # the load's peak is about twice the index: give the rest back
+            if not self._load_segment(collection_id, loaded, newer_than):
+                self._load_database(collection_id, loaded)
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()
@@ -292,6 +295,96 @@ class IndexRegistry:
         finally:
             loaded.load_seconds = time.perf_counter() - started
             loaded.ready.set()
+
+    def _load_database(self, collection_id: str, loaded: CollectionIndex) -> int:
+        """Stream the collection's hashes into the fresh indexes; returns the change-log position they hold (the
+        load sees at least every change up to it)."""
+        with self._engine.connect() as connection:
+            position = latest_seq(connection)
+            stored = load_hashes(connection, collection_id)
+        # Into an empty index a bulk load builds the tree at once, so the first query after "ready" does not.
+        # The two hash types build in parallel (numpy releases the GIL in its long loops: two cores, two builds).
+        packed = {"bmh1": stored.bmh1, "phash": stored.phash}
+        with ThreadPoolExecutor(len(packed), thread_name_prefix="matchdb-build") as pool:
+            builds = [pool.submit(loaded.by_kind[k].bulk_load_packed, stored.keys, v) for k, v in packed.items()]
+            for build in builds:
+                build.result()
+        loaded.row_ids.load(stored.keys)
+        del stored, packed, builds
+        release_free_memory()  # the load's peak is about twice the index: give the rest back
+        return position
+
+    def _load_segment(self, collection_id: str, loaded: CollectionIndex, newer_than: int) -> bool:
+        """Map the collection's newest usable segment, or build it under the collection's lock (others wait for
+        it, then map it) and write it; False if segments are off here (the caller builds in the heap)."""
+        store = self.segments
+        if store is None or not all(isinstance(i, NumpyTreeIndex) for i in loaded.by_kind.values()):
+            return False
+        if self._map(store, collection_id, loaded, newer_than):
+            return True
+        try:
+            lock = store.acquire(collection_id)
+        except OSError as exc:
+            log.warning("index folder %s not usable (%s): indexes are built in memory", store.folder, exc)
+            return False
+        try:
+            if self._map(store, collection_id, loaded, newer_than):
+                return True
+            position = self._load_database(collection_id, loaded)
+            trees = {kind: index.tree for kind, index in loaded.by_kind.items() if isinstance(index, NumpyTreeIndex)}
+            if store.write(collection_id, position, trees, trees["bmh1"].sorted_keys) is not None:
+                self._map(store, collection_id, loaded, -1)  # the heap copy goes; if stale already, it stays
+            return True
+        finally:
+            store.release(lock)
+
+    def _map(self, store: SegmentStore, collection_id: str, loaded: CollectionIndex, newer_than: int) -> bool:
+        """Serve the newest valid segment (newer than ``newer_than``) still covered by the change log, caught up
+        with the collection's changes since its position; False (``loaded`` untouched) if there is none."""
+        mapped = store.newest(collection_id, newer_than)
+        if mapped is None:
+            return False
+        with self._engine.connect() as connection:
+            changes = changes_after(connection, mapped.header.position, collection_id)
+            if changes is None:
+                log.info("index segment %s is stale (the change log no longer covers it)", mapped.path)
+                return False
+            due = self._compaction(collection_id, loaded)
+            for kind, index in loaded.by_kind.items():
+                assert isinstance(index, NumpyTreeIndex)
+                index.load_tree(mapped.trees[kind])
+                index.on_due = due
+            loaded.row_ids.load_sorted(mapped.row_ids)
+            loaded.segment = mapped
+            self._apply(connection, changes, target=loaded)
+        return True
+
+    def _compaction(self, collection_id: str, loaded: CollectionIndex) -> Callable[[], bool]:
+        """What a mapped index does when its delta or tombstones pass their share: start writing (or waiting for)
+        the next segment in the background, once, and go on serving meanwhile."""
+
+        def due() -> bool:
+            if not loaded.compacting:
+                loaded.compacting = True
+                threading.Thread(target=self._compact, args=(collection_id, loaded), daemon=True).start()
+            return True
+
+        return due
+
+    def _compact(self, collection_id: str, loaded: CollectionIndex) -> None:
+        loaded.ready.wait()
+        generation = loaded.segment.header.generation if loaded.segment is not None else -1
+        with self._lock:
+            if self._collections.get(collection_id) is not loaded or collection_id in self._rebuilding:
+                return  # dropped, reloaded or being rebuilt meanwhile
+            shadow = CollectionIndex({kind: self._factory(NBITS[kind]) for kind in HASH_TYPES})
+            self._rebuilding[collection_id] = shadow
+        self._load(collection_id, shadow, replaces=True, newer_than=generation)
+        if shadow.state != "ready":  # e.g. the database is down: compact in this process's heap instead
+            for index in loaded.by_kind.values():
+                if isinstance(index, NumpyTreeIndex):
+                    index.on_due = None
+            loaded.compacting = False
 
     @property
     def records(self) -> int:

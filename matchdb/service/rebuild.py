@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.service.indexes import IndexRegistry
+from matchdb.service.segments import SegmentStore
 from matchdb.storage.changes import append_change
 from matchdb.storage.records import stream_hashes
 from matchdb.storage.servers import ServerInfo, live_servers
@@ -35,6 +36,7 @@ class OfflineResult:
     memory_bytes: int
     checked_queries: int
     mismatches: int
+    segment_generation: int | None = None  # the generation written to the index folder (None: segments off)
 
 
 def request_rebuild(engine: Engine, target: str) -> int:
@@ -63,12 +65,19 @@ def running_servers(engine: Engine, fresh_within: float) -> list[ServerInfo]:
         return live_servers(connection, fresh_within)
 
 
-def offline_rebuild(engine: Engine, collection_id: str, sample: int = 100, seed: int = 0) -> OfflineResult:
+def offline_rebuild(
+    engine: Engine, collection_id: str, sample: int = 100, seed: int = 0, segments: SegmentStore | None = None
+) -> OfflineResult:
     """Build the collection's indexes from the database as a server would, time it, measure its memory, and check
-    ``sample`` k-nearest queries per hash type against a brute-force numpy scan of the stored hashes."""
+    ``sample`` k-nearest queries per hash type against a brute-force numpy scan of the stored hashes. With
+    ``segments`` the build writes the collection's next segment generation (a rebuild request in the change log
+    first makes the current one stale), which the next server start maps; the memory is then the heap the
+    process keeps besides the mapping."""
+    if segments is not None:
+        request_rebuild(engine, collection_id)
     tracemalloc.start()
     started = time.perf_counter()
-    loaded = IndexRegistry(engine).get(collection_id, wait=3600)
+    loaded = IndexRegistry(engine, segments=segments).get(collection_id, wait=3600)
     build_seconds = time.perf_counter() - started
     memory = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
@@ -98,4 +107,5 @@ def offline_rebuild(engine: Engine, collection_id: str, sample: int = 100, seed:
             found = [(hit.bits, hit.key) for hit in index.nearest(int.from_bytes(query, "little"), 10)]
             checked += 1
             mismatches += found != expected
-    return OfflineResult(collection_id, loaded.size, build_seconds, memory, checked, mismatches)
+    generation = loaded.segment.header.generation if loaded.segment is not None else None
+    return OfflineResult(collection_id, loaded.size, build_seconds, memory, checked, mismatches, generation)

@@ -33,6 +33,12 @@ class RowIds:
         with self._lock:
             self._base, self._added, self._removed = base, set(), set()
 
+    def load_sorted(self, ids: Ids) -> None:
+        """Replace the whole set by ids already ascending and distinct, used as they are (a segment's mapped
+        array: not copied)."""
+        with self._lock:
+            self._base, self._added, self._removed = ids, set(), set()
+
     def _in_base(self, key: int) -> bool:
         position = int(np.searchsorted(self._base, key))
         return position < len(self._base) and int(self._base[position]) == key

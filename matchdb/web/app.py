@@ -28,6 +28,7 @@ from matchdb.service.collections import CollectionService
 from matchdb.service.heartbeat import Heartbeat
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.records import fetcher_from_settings, loader_from_settings
+from matchdb.service.segments import segment_store
 from matchdb.storage.database import make_engine
 from matchdb.storage.transactions import Writer
 from matchdb.web import console
@@ -65,7 +66,7 @@ def create_app(settings: Settings, *, fetcher: Fetcher | None = None) -> Starlet
         app.state.engine = engine
         app.state.collection_lookups = {}  # (workspace, collection-id header) -> the collection, as last found
         app.state.known_collections = {}  # workspace -> its collection ids at its last ping (see stateless.ping)
-        app.state.registry = IndexRegistry(engine)
+        app.state.registry = IndexRegistry(engine, segments=segment_store(settings.index_folder, engine))
         app.state.registry.load_all_in_background()
         heartbeat = Heartbeat(engine, app.state.registry, proc_id)
         heartbeat.start()
