@@ -8,7 +8,7 @@ with a compiled kernel (:mod:`.scan`).
 
 from matchdb.geometric.index import GeometricIndex, Snapshot
 from matchdb.geometric.query import NBITS, Query
-from matchdb.geometric.signature import query, signature, signature_words, words_of
+from matchdb.geometric.signature import Prepared, prepare, query, signature, signature_words, words_of
 from matchdb.geometric.windows import NWINDOWS, SIGNATURE_BYTES
 
 __all__ = [
@@ -16,8 +16,10 @@ __all__ = [
     "NWINDOWS",
     "SIGNATURE_BYTES",
     "GeometricIndex",
+    "Prepared",
     "Query",
     "Snapshot",
+    "prepare",
     "query",
     "signature",
     "signature_words",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
@@ -30,3 +32,17 @@ def words_of(blob: bytes) -> npt.NDArray[np.uint64]:
 def query(pixels: Pixels) -> Query:
     """The hashes and pairs a geometric query of this image tries."""
     return query_of(working_grey(pixels.array))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Both sides of an image for geometric matching: its signature (to store or be compared with) and its query
+    (to search with), from one grey conversion."""
+
+    words: npt.NDArray[np.uint64]
+    query: Query
+
+
+def prepare(pixels: Pixels) -> Prepared:
+    grey = working_grey(pixels.array)
+    return Prepared(window_hashes(grey, STORED), query_of(grey))
