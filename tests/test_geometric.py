@@ -47,7 +47,7 @@ def test_signature_is_304_bytes_and_round_trips(corpus: list[CorpusImage]) -> No
     blob = geometric.signature(pixels)
     assert len(blob) == geometric.SIGNATURE_BYTES == 304
     assert np.array_equal(geometric.words_of(blob), geometric.signature_words(pixels))
-    assert len(geometric.query(pixels)) == 54
+    assert len(geometric.query(pixels)) == 57
 
 
 def test_edited_copies_found_and_others_not(stored: tuple[list[CorpusImage], geometric.GeometricIndex]) -> None:

@@ -1,6 +1,6 @@
 """Opt-in geometric matching: crops (centred, one-sided, corner) and small turns, which the hashes cannot see.
 
-Each record keeps 38 window hashes (:mod:`.windows`, 304 bytes); a query tries 54 pairs of its own windows
+Each record keeps 38 window hashes (:mod:`.windows`, 304 bytes); a query tries 57 pairs of its own windows
 against stored ones (:mod:`.query`); the score is the smallest Hamming distance in bits of 64, given as a
 percentage like any hash distance. :class:`.index.GeometricIndex` holds a collection's signatures and scans them
 with a compiled kernel (:mod:`.scan`).

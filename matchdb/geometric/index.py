@@ -11,13 +11,14 @@ keeps the old ones) and, when more than a quarter of the rows are dead, compacts
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from matchdb.geometric import scan
-from matchdb.geometric.query import Query
+from matchdb.geometric.query import NBITS, Query
 from matchdb.geometric.windows import NWINDOWS
 
 _FIRST_CAPACITY = 1024
@@ -31,10 +32,23 @@ class Snapshot:
     ids: npt.NDArray[np.int64]
     count: int
 
-    def search(self, query: Query, bound: int, k: int | None = None) -> list[tuple[int, int]]:
+    def search(
+        self, query: Query, bound: int, k: int | None = None, accept: Callable[[int], bool] | None = None
+    ) -> list[tuple[int, int]]:
         """(record id, bits) of the live records within ``bound`` bits (with ``k``: the k nearest, ties at the
-        k-th included), nearest first, ties by id."""
+        k-th included), nearest first, ties by id; with ``accept``, only the records it accepts (a filter)."""
         found = scan.scores(self.sigs, self.ids, self.count, query)
+        if accept is not None:
+            rows = np.flatnonzero(found <= min(bound, NBITS))
+            order = np.lexsort((self.ids[rows], found[rows]))
+            kept = []
+            for row in rows[order].tolist():
+                record_id = int(self.ids[row])
+                if record_id >= 0 and accept(record_id):
+                    kept.append((record_id, int(found[row])))
+                    if k is not None and len(kept) == k:
+                        break
+            return kept
         rows = scan.select(found, bound, k)
         ids = self.ids[rows]  # read after the scan: a record removed meanwhile is -1 now and left out
         bits = found[rows].astype(np.int64)
@@ -97,9 +111,11 @@ class GeometricIndex:
         with self._lock:
             return Snapshot(self._sigs, self._ids, self._count)
 
-    def search(self, query: Query, bound: int, k: int | None = None) -> list[tuple[int, int]]:
+    def search(
+        self, query: Query, bound: int, k: int | None = None, accept: Callable[[int], bool] | None = None
+    ) -> list[tuple[int, int]]:
         """See :meth:`Snapshot.search`; the lock is held only to take the snapshot."""
-        return self.snapshot().search(query, bound, k)
+        return self.snapshot().search(query, bound, k, accept)
 
     def _kill(self, record_id: int) -> bool:
         row = self._row_of.pop(record_id, None)

@@ -5,6 +5,7 @@ The pairs cover the edits a hash cannot see:
 * the query is a crop of the stored image: the query's whole frame against every stored window (centred, one-sided,
   corner and one-axis crops at several scales);
 * the stored image is a crop of the query: the query's centred windows against the stored whole frame;
+* an overlay in a corner (a logo, a text watermark): each query corner window against the same stored one;
 * a small turn: the query turned back by +-2/4/6 degrees. With black corners (same canvas) the turned-back query
   covers the original's centre up to a scale ``s`` (the largest rectangle of the frame's shape inside the turned
   frame), so its centred window of a stored scale ``c <= s`` is the stored centred window ``c``. With the corners
@@ -23,11 +24,24 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from matchdb.geometric.windows import CENTRED_INDEX, CENTRED_SCALES, NWINDOWS, WHOLE, Box, centred, window_hashes
+from matchdb.geometric.windows import (
+    CENTRED_INDEX,
+    CENTRED_SCALES,
+    NWINDOWS,
+    STORED,
+    WHOLE,
+    Box,
+    centred,
+    corners,
+    window_hashes,
+)
 
 NBITS = 64
 TURNS = (2.0, -2.0, 4.0, -4.0, 6.0, -6.0)
-_INNER = (0.95, 0.90, 0.80, 0.70)  # query centred windows matched against the stored whole frame
+_INNER = (0.90, 0.80, 0.70)  # query centred windows matched against the stored whole frame
+#: Each corner of the query against the same corner stored: an overlay (logo, text) in one corner of the query
+#: leaves the other corners' windows untouched.
+_SAME_CORNERS = tuple(STORED.index(box) for box in corners(0.80))
 _TURN_SLACK = 1.0  # degrees: a true turn between two tried ones is up to 1 degree further
 
 
@@ -69,8 +83,8 @@ def turn_pairs(degrees: float, aspect: float) -> list[tuple[float, float]]:
 def query_of(image: Image.Image) -> Query:
     """The window hashes of a query (a working grey image, see :func:`windows.working_grey`) and their pairs."""
     aspect = image.width / max(1, image.height)
-    boxes: list[Box] = [(0.0, 0.0, 1.0, 1.0)] + [centred(s) for s in _INNER]
-    windows = [WHOLE] + [WHOLE] * len(_INNER)
+    boxes: list[Box] = [(0.0, 0.0, 1.0, 1.0)] + [centred(s) for s in _INNER] + [STORED[w] for w in _SAME_CORNERS]
+    windows = [WHOLE] + [WHOLE] * len(_INNER) + list(_SAME_CORNERS)
     hashes = [window_hashes(image, boxes)]
     for degrees in TURNS:
         turned = image.rotate(degrees, Image.Resampling.BICUBIC, expand=False, fillcolor=0)

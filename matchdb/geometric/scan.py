@@ -1,6 +1,6 @@
 """The compiled geometric scan: every live row's score (the smallest Hamming distance over a query's pairs).
 
-Why compiled: a query tries 54 (query hash, stored window) pairs per record; numpy would write a temporary per pair
+Why compiled: a query tries 57 (query hash, stored window) pairs per record; numpy would write a temporary per pair
 (54 passes over 1M rows). The numba kernel reads each record's 304 bytes once, XOR and population count in
 registers, and writes one byte per row; it releases the GIL so writers and other requests go on meanwhile, and the
 rows are cut into one range per core. A numpy reference (:func:`scores_numpy`) gives the same numbers and is used

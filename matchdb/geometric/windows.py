@@ -33,7 +33,7 @@ def _sides(keep: float) -> list[Box]:
     return [(cut, 0.0, 1.0, 1.0), (0.0, 0.0, keep, 1.0), (0.0, cut, 1.0, 1.0), (0.0, 0.0, 1.0, keep)]
 
 
-def _corners(keep: float) -> list[Box]:
+def corners(keep: float) -> list[Box]:
     cut = 1.0 - keep
     return [(0.0, 0.0, keep, keep), (cut, 0.0, 1.0, keep), (0.0, cut, keep, 1.0), (cut, cut, 1.0, 1.0)]
 
@@ -48,7 +48,7 @@ STORED: tuple[Box, ...] = tuple(
     [(0.0, 0.0, 1.0, 1.0)]
     + [centred(s) for s in CENTRED_SCALES]
     + [box for keep in _SIDE_KEEPS for box in _sides(keep)]
-    + [box for keep in _CORNER_KEEPS for box in _corners(keep)]
+    + [box for keep in _CORNER_KEEPS for box in corners(keep)]
     + [(0.10, 0.0, 0.90, 1.0)]  # both sides trimmed: a landscape photo cut towards square
 )
 NWINDOWS = len(STORED)
