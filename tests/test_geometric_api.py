@@ -76,3 +76,42 @@ def test_bad_flag_and_dihedral_with_geometric_are_400(client: TestClient) -> Non
     assert client.post("/v2/rank_images", json={**base, "geometric": "yes"}).status_code == 400
     both = client.post("/v2/rank_images", json={**base, "geometric": True, "dihedral": True})
     assert both.status_code == 400 and "dihedral and geometric" in both.text
+
+
+# --- collections ---------------------------------------------------------------------------------------------------
+
+
+def _post(client: TestClient, method: str, body: dict[str, Any], collection: str = "", status: int = 200) -> Any:
+    response = client.post(f"/v2/{method}", json=body, headers={"collection-id": collection} if collection else {})
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def test_geometric_collection_visual_knn_rank_records_and_delete(client: TestClient) -> None:
+    created = _post(client, "collections", {"name": "geo", "geometric": True})
+    assert created["geometric"] is True
+    plain = _post(client, "collections", {"name": "plain"})
+    assert "geometric" not in plain
+    records = [{"_id": "photo", "_base64": b64(png(PHOTO))}, *others()]
+    for collection in (created["id"], plain["id"]):
+        assert _post(client, "insert", {"records": records}, collection)["status"]["code"] == 200
+    for edit in ("crop-left-20", "corner-tr-20", "rotate-5", "rotate-crop-5"):
+        query = {"_base64": b64(make_copy(PHOTO, edit, 0, "chelsea"))}
+        answer = _post(client, "visualKNN", {"query_record": query, "k": 2, "geometric": True}, created["id"])
+        assert answer["answer_records"][0]["_id"] == "photo", edit
+        assert answer["answer_distances"][0] <= NEAR < answer["answer_distances"][1]
+        within = _post(client, "visualKNN", {"query_record": query, "radius": NEAR, "geometric": True}, created["id"])
+        assert [r["_id"] for r in within["answer_records"]] == ["photo"]
+        filtered = {"query_record": query, "geometric": True, "filter": {"_id": {"$in": ["other1"]}}}
+        assert "photo" not in str(_post(client, "visualKNN", filtered, created["id"]).get("answer_records"))
+        ranked = {"query_record": query, "records": [{"_id": "other0"}, {"_id": "photo"}], "geometric": True}
+        answer = _post(client, "visualRankRecords", ranked, created["id"])
+        assert [r["_id"] for r in answer["answer_records"]] == ["photo", "other0"]
+    refused = _post(client, "visualKNN", {"query_record": records[0], "geometric": True}, plain["id"], status=400)
+    assert "not created with geometric" in refused["status"]["text"]
+    by_id = _post(client, "visualKNN", {"query_record": {"_id": "photo"}, "geometric": True}, created["id"], 400)
+    assert "needs the query image" in by_id["status"]["text"]
+    _post(client, "delete", {"records": [{"_id": "photo"}]}, created["id"])
+    query = {"_base64": b64(make_copy(PHOTO, "crop-15", 0, "chelsea"))}
+    after = _post(client, "visualKNN", {"query_record": query, "radius": NEAR, "geometric": True}, created["id"])
+    assert after["answer_records"] == []

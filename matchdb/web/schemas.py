@@ -207,6 +207,9 @@ class VisualRankRecordsRequest(_Open):
 class CreateCollectionRequest(_Open):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"name": "products"}]})
     name: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    geometric: bool | None = Field(
+        None, description="Records keep a geometric signature, so geometric queries work (matchdb extension)"
+    )
 
 
 # --- answers ----------------------------------------------------------------------------------------------------------
