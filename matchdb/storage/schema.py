@@ -136,6 +136,7 @@ servers = Table(
     Column("records", BigInteger, nullable=False),
 )
 
+
 def _record_key() -> Column[int]:
     """The key of a per-record side table: the record's row id, the row deleted with the record."""
     return Column(
