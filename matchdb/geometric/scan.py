@@ -32,17 +32,28 @@ def _kernel() -> Callable[..., None] | None:
 
     popcount = popcount_intrinsic()
 
-    def kernel(sigs: Any, ids: Any, start: int, stop: int, hashes: Any, windows: Any, out: Any) -> None:
+    def kernel(
+        sigs: Any,
+        ids: Any,
+        start: int,
+        stop: int,
+        run_hash: int,
+        run_lo: int,
+        run_hi: int,
+        hashes: Any,
+        windows: Any,
+        out: Any,
+    ) -> None:
         npairs = hashes.shape[0]
         for row in range(start, stop):
             if ids[row] < 0:
                 out[row] = 255
                 continue
-            best = 64
+            best = np.uint64(64)
+            for window in range(run_lo, run_hi):  # one hash against consecutive windows: vectorised
+                best = min(best, popcount(sigs[row, window] ^ run_hash))
             for pair in range(npairs):
-                bits = popcount(sigs[row, windows[pair]] ^ hashes[pair])
-                if bits < best:
-                    best = bits
+                best = min(best, popcount(sigs[row, windows[pair]] ^ hashes[pair]))
             out[row] = best
 
     signature = types.void(
@@ -50,11 +61,27 @@ def _kernel() -> Callable[..., None] | None:
         types.Array(types.int64, 1, "C", readonly=True),
         types.int64,
         types.int64,
+        types.uint64,
+        types.int64,
+        types.int64,
         types.Array(types.uint64, 1, "C", readonly=True),
         types.Array(types.int64, 1, "C", readonly=True),
         types.Array(types.uint8, 1, "C"),
     )
     return compile_kernel(kernel, signature)
+
+
+def _split(query: Query) -> tuple[np.uint64, int, int, npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """The query's leading run of one hash against consecutive windows (its whole frame against every stored
+    window: 37 of its pairs), which the kernel compares without indirection, and the other pairs."""
+    hashes, windows = query.hashes, query.windows
+    run = 0
+    while run < len(hashes) and hashes[run] == hashes[0] and windows[run] == windows[0] + run:
+        run += 1
+    if run < 2:
+        return np.uint64(0), 0, 0, hashes, windows
+    lo = int(windows[0])
+    return np.uint64(hashes[0]), lo, lo + run, hashes[run:], windows[run:]
 
 
 def scores_numpy(sigs: npt.NDArray[np.uint64], ids: npt.NDArray[np.int64], query: Query) -> Scores:
@@ -73,11 +100,13 @@ def scores(sigs: npt.NDArray[np.uint64], ids: npt.NDArray[np.int64], count: int,
     if kernel is None:
         return scores_numpy(sigs[:count], ids[:count], query)
     out = np.empty(count, np.uint8)
+    run_hash, run_lo, run_hi, hashes, windows = _split(query)
+    hashes, windows = np.ascontiguousarray(hashes), np.ascontiguousarray(windows)
     parts = 1 if count < PARALLEL_ROWS else threads()
     edges = np.linspace(0, count, parts + 1).astype(np.int64).tolist()
 
     def run(part: int) -> None:
-        kernel(sigs, ids, edges[part], edges[part + 1], query.hashes, query.windows, out)
+        kernel(sigs, ids, edges[part], edges[part + 1], run_hash, run_lo, run_hi, hashes, windows, out)
 
     if parts == 1:
         run(0)
