@@ -65,8 +65,9 @@ class GeometricIndex:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sigs = np.zeros((_FIRST_CAPACITY, NWINDOWS), np.uint64)
-        self._ids = np.full(_FIRST_CAPACITY, -1, np.int64)
+        # Empty until the first signature: every collection has an index, most keep no signatures.
+        self._sigs = np.zeros((0, NWINDOWS), np.uint64)
+        self._ids = np.full(0, -1, np.int64)
         self._count = 0
         self._dead = 0
         self._row_of: dict[int, int] = {}
