@@ -11,6 +11,7 @@ from PIL import Image
 from matchdb.evaluation.transforms import make_copy
 from tests.conftest import DATA
 from tests.imagegen import encode, photo_like
+from tests.servers import run_matchdb
 from tests.test_dedupe import run, write_folder
 
 PHOTO = Image.open(DATA / "chelsea-150x100.png").convert("RGB")
@@ -39,3 +40,22 @@ def test_dedupe_geometric_groups_crops_and_turns(tmp_path: Path) -> None:
     assert sorted(Path(member["source"]).name for member in group["members"]) == ["a.png", "b_crop.tiff", "c_turn.tiff"]
     both = run("--geometric", "--dihedral", str(folder))
     assert both.exit_code == 2 and "cannot be combined" in both.output
+
+
+def test_query_geometric_finds_crops_in_a_geometric_collection(tmp_path: Path) -> None:
+    files = _files()
+    originals = write_folder(tmp_path / "stored", {k: v for k, v in files.items() if "_" not in k})
+    env = {"MATCHDB_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    assert run_matchdb(["collection", "create", "geo", "--geometric"], env).returncode == 0
+    assert run_matchdb(["collection", "create", "plain"], env).returncode == 0
+    for name in ("geo", "plain"):
+        ingested = run_matchdb(["ingest", str(originals), "--collection", name], env, timeout=120)
+        assert ingested.returncode == 0, ingested.stderr
+    queries = write_folder(tmp_path / "queries", {k: v for k, v in files.items() if "_" in k})
+    paths = [str(path) for path in sorted(queries.iterdir())]
+    found = run_matchdb(["query", "--collection", "geo", "--geometric", "-k", "1", "--json", *paths], env)
+    assert found.returncode == 0, found.stderr
+    answers = [json.loads(line)["answers"][0] for line in found.stdout.splitlines()]
+    assert [a["_id"] for a in answers] == ["a.png", "a.png"] and all(a["distance"] <= 10.9 for a in answers)
+    refused = run_matchdb(["query", "--collection", "plain", "--geometric", *paths], env)
+    assert refused.returncode != 0 and "not created with --geometric" in refused.stderr
