@@ -125,3 +125,20 @@ def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
+
+
+def test_eval_measures_the_geometric_matcher(corpus: list[CorpusImage]) -> None:
+    from matchdb.evaluation import pipeline
+    from matchdb.evaluation.runner import Plan
+
+    root = _photos(corpus, 1)[0].path.parent
+    inputs = pipeline.prepare(root, limit=12)
+    transforms = ("png", "crop-left-20", "rotate-crop-5", "flip")
+    plan = Plan(("phash",), (), transforms, dihedral=False, seed=0, max_pixels=50_000_000, geometric=True)
+    report = pipeline.evaluate(inputs, plan, jobs=1, progress=False).to_dict()
+    phash, geo = report["results"]
+    assert geo["name"] == "geometric" and geo["nbits"] == 64
+    assert geo["distinct_pairs"] == phash["distinct_pairs"]  # the same queries against the same originals
+    worst = {t["name"]: t["max"] for t in geo["transforms"]}
+    assert worst["png"] == 0 and worst["crop-left-20"] <= THRESHOLD and worst["rotate-crop-5"] <= THRESHOLD
+    assert worst["flip"] > THRESHOLD
