@@ -21,7 +21,9 @@ from matchdb.cli.common import WORKSPACE_HELP, load_settings, open_engine, resol
 from matchdb.cli.progress import progress
 from matchdb.config import Settings, data_dir
 from matchdb.errors import ImageError
-from matchdb.hashing import HASH_TYPES, decode_image, hash_pixels
+from matchdb.geometric import Query as GeometricQuery
+from matchdb.geometric import query as geometric_query
+from matchdb.hashing import HASH_TYPES, VisualHash, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.pool import process_pool
 from matchdb.storage import collections as collection_store
@@ -43,11 +45,16 @@ def collection() -> None:
 @collection.command("create")
 @click.argument("name")
 @click.option("--workspace", default=DEFAULT_WORKSPACE, show_default=True)
-def collection_create(name: str, workspace: str) -> None:
+@click.option(
+    "--geometric",
+    is_flag=True,
+    help="Records also keep a geometric signature (304 bytes), so geometric queries find crops and small turns.",
+)
+def collection_create(name: str, workspace: str, geometric: bool) -> None:
     """Create collection NAME and print its id."""
     with open_engine(load_settings()).begin() as connection:
         try:
-            info = collection_store.create_collection(connection, workspace, name)
+            info = collection_store.create_collection(connection, workspace, name, geometric)
         except (collection_store.CollectionExists, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(info.id)
@@ -278,6 +285,11 @@ def _show_failures(failures: FailureReport) -> None:
 @click.option(
     "--dihedral", is_flag=True, help="Also match mirrored and 90/180/270-degree turned copies (8 searches per image)."
 )
+@click.option(
+    "--geometric",
+    is_flag=True,
+    help="Match crops and small turns (the collection must have been created with --geometric).",
+)
 @click.option("--json", "as_json", is_flag=True, help='Print JSON lines {"file", "answers"} instead of a table.')
 def query_command(
     images: tuple[Path, ...],
@@ -287,6 +299,7 @@ def query_command(
     radius: float | None,
     hash_type: str,
     dihedral: bool,
+    geometric: bool,
     as_json: bool,
 ) -> None:
     """Print the K stored records nearest to each image file. The exit status is 1 if any image failed."""
@@ -296,13 +309,21 @@ def query_command(
     settings = load_settings()
     engine = open_engine(settings)
     info = resolve_collection(engine, workspace, key)
+    if geometric and not info.geometric:
+        raise click.ClickException(
+            f"collection {info.name!r} was not created with --geometric: re-create it so and ingest the images again"
+        )
+    if geometric and dihedral:
+        raise click.UsageError("--geometric and --dihedral cannot be combined")
     registry = IndexRegistry(engine)
     failed = 0
     for path in images:
         try:
             pixels = decode_image(path.read_bytes(), settings.max_pixels)
             variants = hash_dihedral(pixels, (hash_type,)) if dihedral else [hash_pixels(pixels, (hash_type,))]
-            queries = [hashes[hash_type] for hashes in variants]
+            queries: list[VisualHash] | GeometricQuery = [hashes[hash_type] for hashes in variants]
+            if geometric:
+                queries = geometric_query(pixels)
         except (OSError, ImageError) as exc:
             failed += 1
             error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

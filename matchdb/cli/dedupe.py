@@ -34,6 +34,11 @@ _KEEP = ("largest", "oldest", "first")
 @click.option("--hash-type", type=click.Choice(HASH_TYPES), default="bmh1", show_default=True)
 @click.option("--dihedral", is_flag=True, help="Also match mirrored and 90/180/270-degree turned copies.")
 @click.option(
+    "--geometric",
+    is_flag=True,
+    help="Match crops and turns of up to about 7 degrees instead (its own score; default range 10.9).",
+)
+@click.option(
     "--keep",
     type=click.Choice(_KEEP),
     default="largest",
@@ -60,6 +65,7 @@ def dedupe_command(
     range_: float | None,
     hash_type: str,
     dihedral: bool,
+    geometric: bool,
     keep: str,
     jobs: int | None,
     as_json: bool,
@@ -82,7 +88,10 @@ def dedupe_command(
     if html_path is not None and not html_path.absolute().parent.is_dir():  # before anything is moved
         raise click.BadParameter(f"folder {html_path.absolute().parent} does not exist", param_hint="--html")
     settings = load_settings()
-    limit = service.DEFAULT_RANGE[hash_type] if range_ is None else range_
+    if geometric and dihedral:
+        raise click.UsageError("--geometric and --dihedral cannot be combined")
+    default = service.GEOMETRIC_RANGE if geometric else service.DEFAULT_RANGE[hash_type]
+    limit = default if range_ is None else range_
     try:
         sources, repeated = service.collect_sources(inputs, exclude=move_to)
     except service.InputError as exc:
@@ -103,6 +112,7 @@ def dedupe_command(
                 settings=settings,
                 on_progress=bar.update,
                 repeated=repeated,
+                geometric=geometric,
             )
         thumbnails = service.page.make_thumbnails(outcome, executor, settings) if html_path is not None else {}
     if move_to is not None:

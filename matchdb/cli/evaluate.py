@@ -49,6 +49,11 @@ from matchdb.hashing import HASH_TYPES
     help="Also measure another library's hash (repeatable; needs pip install 'matchdb[accuracy]').",
 )
 @click.option("--dihedral", is_flag=True, help="Match flipped and 90-degree rotated copies (best of 8 orientations).")
+@click.option(
+    "--geometric",
+    is_flag=True,
+    help='Also measure the geometric matcher (crops and small turns, as the API flag "geometric").',
+)
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help="Worker processes (default: all cores).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images (path order).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random transforms (noise).")
@@ -67,6 +72,7 @@ def eval_command(
     transforms: tuple[str, ...],
     baselines: tuple[str, ...],
     dihedral: bool,
+    geometric: bool,
     jobs: int | None,
     limit: int | None,
     seed: int,
@@ -111,6 +117,7 @@ def eval_command(
         transforms=tuple(dict.fromkeys(transforms or TRANSFORM_NAMES)),
         dihedral=dihedral,
         seed=seed,
+        geometric=geometric,
         max_pixels=settings.max_pixels,
     )
     try:

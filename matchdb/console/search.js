@@ -4,6 +4,10 @@ import { call, fileToBase64, NBITS, NEAR } from "./api.js";
 import { recordCard } from "./collections.js";
 import { dropZone, guarded, h, showError } from "./dom.js";
 
+// Geometric matching (crops, small turns): its score is bits of 64; 10.9% is its threshold at FMR 1e-4 on the
+// shared corpus (docs/accuracy.md). Only collections created with it keep the signatures it searches.
+const GEOMETRIC = { nbits: 64, near: 10.9 };
+
 export async function searchView(main, state) {
   if (!state.collections) {
     const data = await guarded(() => call("collections", {}, { method: "GET" }));
@@ -20,11 +24,21 @@ export async function searchView(main, state) {
   if (!state.collection || !state.collections.some((c) => c.id === state.collection)) state.collection = select.value;
   const kind = h("select", { id: "hash-type" }, h("option", { value: "bmh1" }, "bmh1"), h("option", { value: "phash" }, "phash"));
   const k = h("input", { id: "k", type: "number", min: 1, max: 100, value: 10 });
+  const geometric = h("input", { id: "geometric", type: "checkbox" });
+  const geometricAllowed = () => {
+    const chosen = state.collections.find((c) => c.id === select.value);
+    geometric.disabled = !(chosen && chosen.geometric);
+    if (geometric.disabled) geometric.checked = false;
+    geometric.title = geometric.disabled ? "Only for collections created with geometric: true" : "Match crops and small turns";
+  };
+  select.addEventListener("change", geometricAllowed);
   const url = h("input", { id: "query-url", type: "url", placeholder: "https://example.com/photo.jpg" });
   const progress = h("progress", { id: "progress", max: 1, value: 0, hidden: true });
   const progressText = h("span", { id: "progress-text", "aria-live": "polite" });
   const results = h("div", { id: "results" });
-  const settings = () => ({ collection: select.value, kind: kind.value, k: Math.max(1, Number(k.value) || 10) });
+  const settings = () => ({
+    collection: select.value, kind: kind.value, k: Math.max(1, Number(k.value) || 10), geometric: geometric.checked,
+  });
 
   async function runAll(queries) {
     results.replaceChildren();
@@ -49,12 +63,14 @@ export async function searchView(main, state) {
   });
   main.replaceChildren(h("h1", {}, "Search"),
     h("div", { class: "row" }, h("label", { for: "search-collection" }, "Collection"), select,
-      h("label", { for: "hash-type" }, "Hash"), kind, h("label", { for: "k" }, "Answers (k)"), k),
+      h("label", { for: "hash-type" }, "Hash"), kind, h("label", { for: "k" }, "Answers (k)"), k,
+      geometric, h("label", { for: "geometric" }, "Geometric (crops, small turns)")),
     zone, urlForm, h("div", { class: "row" }, progress, progressText), results);
+  geometricAllowed();
   state.onPaste = (files) => runAll(files.map((file) => ({ name: file.name || "pasted image", file, preview: URL.createObjectURL(file) })));
 }
 
-async function searchOne(query, { collection, kind, k }, results) {
+async function searchOne(query, { collection, kind, k, geometric }, results) {
   const section = h("section", { class: "query", "aria-label": `Answers for ${query.name}` });
   results.append(section);
   const queryFigure = h("figure", { class: "card query-image" },
@@ -64,13 +80,17 @@ async function searchOne(query, { collection, kind, k }, results) {
   section.append(h("h2", {}, query.name), h("div", { class: "side" }, queryFigure, answers));
   try {
     const record = query.file ? { _base64: await fileToBase64(query.file) } : { _url: query.url };
-    const data = await call("visualKNN", { query_record: record, k, hash_type: kind }, { collection });
+    const body = { query_record: record, k, hash_type: kind, ...(geometric ? { geometric: true } : {}) };
+    const data = await call("visualKNN", body, { collection });
+    const label = geometric ? "geometric" : kind;
+    const nbits = geometric ? GEOMETRIC.nbits : NBITS[kind];
+    const threshold = geometric ? GEOMETRIC.near : NEAR[kind];
     if (!data.answer_records.length) answers.append(h("p", {}, "No answers: the collection is empty."));
     data.answer_records.forEach((stored, i) => {
       const percent = data.answer_distances[i];
-      const near = percent <= NEAR[kind];
-      const extra = h("p", { class: "distance" }, `${data.answer_hamming[i]} of ${NBITS[kind]} bits · ${percent.toFixed(1)}%`,
-        near ? h("span", { class: "badge", title: `within the documented ${kind} threshold of ${NEAR[kind]}%` }, "near-duplicate") : null);
+      const near = percent <= threshold;
+      const extra = h("p", { class: "distance" }, `${data.answer_hamming[i]} of ${nbits} bits · ${percent.toFixed(1)}%`,
+        near ? h("span", { class: "badge", title: `within the documented ${label} threshold of ${threshold}%` }, "near-duplicate") : null);
       answers.append(recordCard(collection, stored, extra, near ? "card answer near" : "card answer"));
     });
   } catch (error) {

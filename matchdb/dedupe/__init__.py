@@ -14,11 +14,13 @@ from matchdb.dedupe import page, report
 from matchdb.dedupe.collect import HashTable, InputError, Source, collect_sources, hash_executor, hash_sources
 from matchdb.dedupe.grouping import (
     DEFAULT_RANGE,
+    GEOMETRIC_RANGE,
     KEEP_POLICIES,
     Group,
     KeepPolicy,
     Member,
     group_duplicates,
+    group_geometric,
     removed_rows,
 )
 from matchdb.dedupe.moving import clashes, move_files, plan_moves
@@ -27,6 +29,7 @@ from matchdb.service.collections import max_bits_within
 
 __all__ = [
     "DEFAULT_RANGE",
+    "GEOMETRIC_RANGE",
     "KEEP_POLICIES",
     "Group",
     "HashTable",
@@ -61,14 +64,29 @@ def dedupe(
     settings: Settings,
     on_progress: Callable[[], object] = lambda: None,
     repeated: int = 0,
+    geometric: bool = False,
 ) -> Outcome:
-    """Hash ``sources`` and group the near-duplicates (a dry run: nothing is moved here)."""
+    """Hash ``sources`` and group the near-duplicates (a dry run: nothing is moved here); with ``geometric`` by the
+    geometric score (crops and small turns; bits of 64, shown as a percentage like phash's)."""
+    if geometric:
+        kind = "phash"  # its table shows the geometric bits of 64 as phash's are shown
     table = hash_sources(
-        sources, kind, dihedral=dihedral, executor=executor, jobs=jobs, settings=settings, on_progress=on_progress
+        sources,
+        kind,
+        dihedral=dihedral,
+        executor=executor,
+        jobs=jobs,
+        settings=settings,
+        on_progress=on_progress,
+        geometric=geometric,
     )
-    max_bits = max_bits_within(range_, kind)
-    groups = group_duplicates(table, max_bits, keep)
-    return Outcome(table, groups, range_, max_bits, keep, dihedral, repeated=repeated)
+    if geometric:
+        max_bits = max_bits_within(range_, "phash")  # 64 bits: the same percentages
+        groups = group_geometric(table, max_bits, keep)
+    else:
+        max_bits = max_bits_within(range_, kind)
+        groups = group_duplicates(table, max_bits, keep)
+    return Outcome(table, groups, range_, max_bits, keep, dihedral, repeated=repeated, geometric=geometric)
 
 
 def apply_moves(outcome: Outcome, move_to: Path) -> Outcome:

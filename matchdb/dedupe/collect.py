@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import numpy.typing as npt
 from matchdb.config import Settings
 from matchdb.dedupe.provenance import Provenance, describe
 from matchdb.errors import MatchdbError
+from matchdb.geometric import Prepared, prepare
 from matchdb.hashing import decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
 from matchdb.hashing.value import packed_size
@@ -129,22 +130,26 @@ class Hashed:
     mtime: float | None
     packed: bytes  # one hash, or the 8 orientations' hashes (orientation 0 = the image as given)
     provenance: Provenance
+    geometric: Prepared | None = None  # signature and query, with ``--geometric``
 
 
-def hash_data(data: bytes, kind: str, dihedral: bool, max_pixels: int, mtime: float | None = None) -> Hashed:
+def hash_data(
+    data: bytes, kind: str, dihedral: bool, max_pixels: int, mtime: float | None = None, geometric: bool = False
+) -> Hashed:
     pixels = decode_image(data, max_pixels)
     if dihedral:
         packed = b"".join(variant[kind].data for variant in hash_dihedral(pixels, (kind,)))
     else:
         packed = hash_pixels(pixels, (kind,))[kind].data
-    return Hashed(pixels.width, pixels.height, len(data), mtime, packed, describe(data, pixels))
+    prepared = prepare(pixels) if geometric else None
+    return Hashed(pixels.width, pixels.height, len(data), mtime, packed, describe(data, pixels), prepared)
 
 
-def hash_path(path: str, kind: str, dihedral: bool, max_pixels: int) -> Hashed:
+def hash_path(path: str, kind: str, dihedral: bool, max_pixels: int, geometric: bool = False) -> Hashed:
     with open(path, "rb") as handle:
         mtime = os.fstat(handle.fileno()).st_mtime
         data = handle.read()
-    return hash_data(data, kind, dihedral, max_pixels, mtime)
+    return hash_data(data, kind, dihedral, max_pixels, mtime, geometric)
 
 
 @contextlib.contextmanager
@@ -179,6 +184,7 @@ class HashTable:
     colour: npt.NDArray[np.bool_]
     camera: npt.NDArray[np.bool_]
     formats: list[str]
+    geometric: dict[int, Prepared] = field(default_factory=dict)  # row -> signature and query (--geometric)
 
     @classmethod
     def empty(cls, kind: str, sources: list[Source], orientations: int) -> HashTable:
@@ -209,6 +215,8 @@ class HashTable:
         self.colour[row] = result.provenance.colour
         self.camera[row] = result.provenance.camera
         self.formats[row] = result.provenance.format
+        if result.geometric is not None:
+            self.geometric[row] = result.geometric
 
 
 def hash_sources(
@@ -220,6 +228,7 @@ def hash_sources(
     jobs: int,
     settings: Settings,
     on_progress: Callable[[], object] = lambda: None,
+    geometric: bool = False,
 ) -> HashTable:
     """Hash every source with ``executor``; a failure is recorded for its row and the others go on."""
     table = HashTable.empty(kind, sources, ORIENTATIONS if dihedral else 1)
@@ -239,14 +248,14 @@ def hash_sources(
                     elif source.path is not None:
                         path = str(source.path)
                         result = await loop.run_in_executor(
-                            executor, hash_path, path, kind, dihedral, settings.max_pixels
+                            executor, hash_path, path, kind, dihedral, settings.max_pixels, geometric
                         )
                     else:
                         assert source.url is not None
                         async with downloads:
                             data = await fetcher.fetch(source.url)
                         result = await loop.run_in_executor(
-                            executor, hash_data, data, kind, dihedral, settings.max_pixels
+                            executor, hash_data, data, kind, dihedral, settings.max_pixels, None, geometric
                         )
                 except BrokenProcessPool:
                     raise  # every later image would fail the same way

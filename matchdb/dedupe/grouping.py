@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from matchdb.dedupe.collect import HashTable
 from matchdb.dedupe.provenance import ORIGINAL_FORMATS
+from matchdb.geometric import GeometricIndex
 from matchdb.hashing import NBITS
 from matchdb.hashing.dihedral import TRANSFORMS
 from matchdb.index import NumpyTreeIndex
@@ -36,6 +37,8 @@ from matchdb.index import NumpyTreeIndex
 #: (docs/accuracy.md, "Thresholds and the recommended range"). At bmh1 2.1 every JPEG copy down to quality 50 and
 #: >= 99.3% of 25% downscales are found; phash 14.1 matches the same pairs as any range up to 15.5.
 DEFAULT_RANGE: dict[str, float] = {"bmh1": 2.1, "phash": 14.1}
+#: ``--geometric``: its threshold at FMR 1e-4 on the shared corpus (docs/accuracy.md, geometric matching).
+GEOMETRIC_RANGE = 10.9
 
 KeepPolicy = Literal["largest", "oldest", "first"]
 KEEP_POLICIES: tuple[KeepPolicy, ...] = ("largest", "oldest", "first")
@@ -165,6 +168,40 @@ def _untaken_near(
     keys, bits, orientation = keys[first], bits[first], orientation[first]
     ranked = np.lexsort((keys, bits))
     return keys[ranked], bits[ranked], orientation[ranked]
+
+
+def group_geometric(table: HashTable, max_bits: int, policy: KeepPolicy) -> list[Group]:
+    """:func:`group_duplicates` by the geometric score (``--geometric``): made symmetric (the smaller of each image's
+    query against the other's signature), so a crop and its full image group whichever is kept. Every image's query
+    scans every signature: meant for thousands of images, not millions."""
+    rows = np.array(sorted(table.geometric), np.int64)
+    order = keep_order(table, policy)
+    if len(rows) < 2 or max_bits < 0:
+        return []
+    index = GeometricIndex()
+    index.add_many(rows, np.stack([table.geometric[row].words for row in rows.tolist()]))
+    near: dict[tuple[int, int], int] = {}
+    for row in rows.tolist():
+        for other, bits in index.search(table.geometric[row].query, max_bits):
+            if other != row:
+                pair = (min(row, other), max(row, other))
+                near[pair] = min(bits, near.get(pair, bits))
+    neighbours: dict[int, list[tuple[int, int]]] = {}
+    for (a, b), bits in near.items():
+        neighbours.setdefault(a, []).append((bits, b))
+        neighbours.setdefault(b, []).append((bits, a))
+    taken = np.zeros(len(table.sources), np.bool_)
+    groups: list[Group] = []
+    for row in order.tolist():
+        if taken[row] or row not in table.geometric:
+            continue
+        taken[row] = True
+        members = sorted((bits, other) for bits, other in neighbours.get(row, []) if not taken[other])
+        for _, other in members:
+            taken[other] = True
+        if members:
+            groups.append(Group(row, tuple(Member(other, bits, TRANSFORMS[0]) for bits, other in members)))
+    return groups
 
 
 def removed_rows(groups: Sequence[Group]) -> list[int]:

@@ -53,6 +53,7 @@ class Outcome:
     move_to: Path | None = None
     moves: Mapping[int, Move] = field(default_factory=dict)
     repeated: int = 0  # inputs named more than once, counted once
+    geometric: bool = False  # grouped by the geometric score (bits of 64, shown as percentages like phash's)
 
     @property
     def kind(self) -> str:
@@ -141,6 +142,7 @@ def to_json(outcome: Outcome) -> str:
         "nbits": NBITS[table.kind],
         "keep": outcome.keep,
         "dihedral": outcome.dihedral,
+        **({"geometric": True} if outcome.geometric else {}),
         "move_to": str(outcome.move_to) if outcome.move_to is not None else None,
         "summary": summary(outcome),
         "groups": [
@@ -209,9 +211,10 @@ def to_table(outcome: Outcome) -> str:
 
 def summary_line(outcome: Outcome) -> str:
     table = outcome.table
+    label = "geometric" if outcome.geometric else outcome.kind
     head = (
         f"{int(table.ok.sum())} images hashed ({len(table.errors)} failed), {len(outcome.groups)} groups of "
-        f"near-duplicates at range {outcome.range_:g} ({outcome.kind}{', dihedral' if outcome.dihedral else ''}): "
+        f"near-duplicates at range {outcome.range_:g} ({label}{', dihedral' if outcome.dihedral else ''}): "
         f"{outcome.duplicates} duplicates, {human_bytes(outcome.duplicate_bytes())}"
     )
     if outcome.move_to is None:

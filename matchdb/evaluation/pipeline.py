@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from matchdb.errors import MatchdbError
-from matchdb.evaluation import distances, metrics
+from matchdb.evaluation import distances, geometric, metrics
 from matchdb.evaluation.baselines import BASELINES
 from matchdb.evaluation.groups import Groups, read_groups, singletons
 from matchdb.evaluation.runner import Plan, RunResult, Source, find_images, run
@@ -81,6 +81,12 @@ def measure(inputs: Inputs, result: RunResult) -> metrics.EvalReport:
                 described,
             )
         )
+    if plan.geometric:
+        true, distinct, valid = geometric.distances(
+            [s.original for s in result.sources], [s.copies for s in result.sources], plan.transforms, groups.ids
+        )
+        excluded = _excluded_pairs(groups.sizes(), valid)
+        results.append(metrics.evaluate_hash_type(geometric.NAME, 64, true, distinct, excluded, keys, described))
     return metrics.EvalReport(
         directory=str(inputs.root),
         images_found=len(inputs.sources),

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from matchdb.errors import MatchdbError
 from matchdb.evaluation.baselines import baseline_hashes
+from matchdb.evaluation.geometric_hashes import entries as geometric_entries
 from matchdb.evaluation.transforms import make_copy
 from matchdb.hashing import Pixels, decode_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
@@ -64,6 +65,7 @@ class Plan:
     dihedral: bool
     seed: int
     max_pixels: int
+    geometric: bool = False  # also measure the geometric matcher (matchdb.evaluation.geometric)
 
     @property
     def hash_names(self) -> tuple[str, ...]:
@@ -109,8 +111,10 @@ def load_original(path: Path, max_pixels: int) -> tuple[Pixels, Image.Image]:
     return pixels, pixels_to_image(pixels)
 
 
-def _hashes(pixels: Pixels, plan: Plan) -> dict[str, list[bytes]]:
+def _hashes(pixels: Pixels, plan: Plan, original: bool = False) -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {}
+    if plan.geometric:
+        out.update(geometric_entries(pixels, original))
     if plan.hash_types:
         if plan.dihedral:
             variants = hash_dihedral(pixels, plan.hash_types)
@@ -131,7 +135,7 @@ def hash_source(source: Source, plan: Plan) -> SourceHashes | SourceFailure:
         pixels, image = load_original(source.path, plan.max_pixels)
     except (OSError, MatchdbError) as exc:
         return SourceFailure(source.key, exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
-    original = _hashes(pixels, plan)
+    original = _hashes(pixels, plan, original=True)
     copies: dict[str, dict[str, list[bytes]]] = {}
     errors: dict[str, str] = {}
     for name in plan.transforms:

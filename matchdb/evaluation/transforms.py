@@ -11,6 +11,7 @@ be made again later (for the HTML report's thumbnails) and does not depend on wh
 from __future__ import annotations
 
 import io
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,32 @@ def _rotate(degrees: float) -> Apply:
     return lambda image, _rng: _lossless(image.rotate(degrees, Image.Resampling.BICUBIC, expand=False))
 
 
+def _crop_box(left: float, top: float, right: float, bottom: float) -> Apply:
+    """Cut the given fractions off each side (one-sided and corner crops: what a user framing a detail does)."""
+
+    def apply(image: Image.Image, _rng: np.random.Generator) -> bytes:
+        x0, y0 = round(image.width * left), round(image.height * top)
+        x1, y1 = image.width - round(image.width * right), image.height - round(image.height * bottom)
+        return _lossless(image.crop((x0, y0, max(x0 + 1, x1), max(y0 + 1, y1))))
+
+    return apply
+
+
+def _rotate_cropped(degrees: float) -> Apply:
+    """Rotated, then cut to the largest centred rectangle of the original's shape with no black corner: an
+    editor's "straighten" with auto-crop."""
+
+    def apply(image: Image.Image, _rng: np.random.Generator) -> bytes:
+        theta = math.radians(abs(degrees))
+        aspect = image.width / image.height
+        scale = 1.0 / (math.cos(theta) + max(aspect, 1 / aspect) * math.sin(theta))
+        turned = image.rotate(degrees, Image.Resampling.BICUBIC, expand=False)
+        dx, dy = round(image.width * (1 - scale) / 2), round(image.height * (1 - scale) / 2)
+        return _lossless(turned.crop((dx, dy, max(dx + 1, image.width - dx), max(dy + 1, image.height - dy))))
+
+    return apply
+
+
 def _mirror(image: Image.Image, _rng: np.random.Generator) -> bytes:
     return _lossless(ImageOps.mirror(image))
 
@@ -181,9 +208,29 @@ TRANSFORMS: tuple[Transform, ...] = (
     Transform("crop-2", "geometry", "centred crop keeping 98% of width and height", _crop(0.02)),
     Transform("crop-5", "geometry", "centred crop keeping 95% of width and height", _crop(0.05)),
     Transform("crop-10", "geometry", "centred crop keeping 90% of width and height", _crop(0.10)),
+    Transform("crop-15", "geometry", "centred crop keeping 85% of width and height", _crop(0.15)),
+    Transform("crop-20", "geometry", "centred crop keeping 80% of width and height", _crop(0.20)),
+    Transform("crop-left-10", "geometry", "10% of the width cut off the left", _crop_box(0.10, 0, 0, 0)),
+    Transform("crop-right-10", "geometry", "10% of the width cut off the right", _crop_box(0, 0, 0.10, 0)),
+    Transform("crop-top-15", "geometry", "15% of the height cut off the top", _crop_box(0, 0.15, 0, 0)),
+    Transform("crop-bottom-15", "geometry", "15% of the height cut off the bottom", _crop_box(0, 0, 0, 0.15)),
+    Transform("crop-left-20", "geometry", "20% of the width cut off the left", _crop_box(0.20, 0, 0, 0)),
+    Transform("crop-top-20", "geometry", "20% of the height cut off the top", _crop_box(0, 0.20, 0, 0)),
+    Transform("corner-tl-10", "geometry", "top-left 90% x 90% kept", _crop_box(0, 0, 0.10, 0.10)),
+    Transform("corner-br-15", "geometry", "bottom-right 85% x 85% kept", _crop_box(0.15, 0.15, 0, 0)),
+    Transform("corner-tr-20", "geometry", "top-right 80% x 80% kept", _crop_box(0.20, 0, 0, 0.20)),
+    Transform("corner-bl-15", "geometry", "bottom-left 85% x 85% kept", _crop_box(0, 0.15, 0.15, 0)),
     Transform("flip", "geometry", "horizontal mirror", _mirror),
     Transform("rotate-1", "geometry", "rotated 1 degree, same canvas, black corners", _rotate(1)),
+    Transform("rotate-2", "geometry", "rotated 2 degrees, same canvas, black corners", _rotate(2)),
+    Transform("rotate-3", "geometry", "rotated 3 degrees, same canvas, black corners", _rotate(3)),
     Transform("rotate-5", "geometry", "rotated 5 degrees, same canvas, black corners", _rotate(5)),
+    Transform("rotate-cw-4", "geometry", "rotated 4 degrees clockwise, same canvas, black corners", _rotate(-4)),
+    Transform("rotate-7", "geometry", "rotated 7 degrees, same canvas, black corners", _rotate(7)),
+    Transform("rotate-crop-2", "geometry", "rotated 2 degrees, corners cropped away", _rotate_cropped(2)),
+    Transform("rotate-crop-cw-3", "geometry", "rotated 3 degrees clockwise, corners cropped away", _rotate_cropped(-3)),
+    Transform("rotate-crop-5", "geometry", "rotated 5 degrees, corners cropped away", _rotate_cropped(5)),
+    Transform("rotate-crop-7", "geometry", "rotated 7 degrees, corners cropped away", _rotate_cropped(7)),
     Transform("rotate-90", "geometry", "rotated 90 degrees (counter-clockwise)", _quarter_turn),
 )
 

@@ -48,17 +48,12 @@ def _executor() -> ThreadPoolExecutor:
 
 
 @functools.cache
-def _kernel() -> Callable[..., int] | None:
-    """The scan kernel, compiled (or loaded from numba's cache) on first use; None without numba."""
-    try:
-        import numba
-        from llvmlite import ir  # type: ignore[import-untyped]
-        from numba import types
-        from numba.extending import intrinsic
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return None
-    if getattr(numba.config, "DISABLE_JIT", False):
-        return None
+def popcount_intrinsic() -> Any:
+    """``llvm.ctpop`` on a uint64 as a numba intrinsic (called in a kernel with the value alone); numba must be
+    importable. Shared by every compiled scan."""
+    from llvmlite import ir  # type: ignore[import-untyped]
+    from numba import types
+    from numba.extending import intrinsic
 
     @intrinsic
     def _popcount(typingctx: Any, value: Any) -> Any:
@@ -68,7 +63,49 @@ def _kernel() -> Callable[..., int] | None:
 
         return types.uint64(types.uint64), codegen
 
-    popcount: Any = _popcount  # (called as the kernel compiles it: with the value alone)
+    return _popcount
+
+
+def jit_available() -> bool:
+    """numba is importable and not disabled (``NUMBA_DISABLE_JIT``)."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return False
+    return not getattr(numba.config, "DISABLE_JIT", False)
+
+
+def compile_kernel(function: Callable[..., Any], signature: Any) -> Callable[..., Any]:
+    """``function`` compiled without the GIL for ``signature``, cached on disk where a cache folder is writable."""
+    import numba
+
+    try:
+        return numba.njit(signature, cache=True, nogil=True)(function)  # type: ignore[no-any-return]
+    except RuntimeError:  # no writable cache location
+        return numba.njit(signature, nogil=True)(function)  # type: ignore[no-any-return]
+
+
+def executor() -> ThreadPoolExecutor:
+    """The scan threads (one per core), shared by every compiled scan."""
+    return _executor()
+
+
+def threads() -> int:
+    return _threads()
+
+
+@functools.cache
+def _kernel() -> Callable[..., int] | None:
+    """The scan kernel, compiled (or loaded from numba's cache) on first use; None without numba."""
+    try:
+        import numba
+        from numba import types
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    if getattr(numba.config, "DISABLE_JIT", False):
+        return None
+
+    popcount = popcount_intrinsic()
 
     def scan(
         words: Any,

@@ -17,6 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from matchdb.config import Settings
 from matchdb.errors import MatchdbError
+from matchdb.geometric import NBITS as GEOMETRIC_NBITS
+from matchdb.geometric import Query as GeometricQuery
+from matchdb.geometric import scan as geometric_scan
 from matchdb.hashing import HASH_TYPES, NBITS, VisualHash
 from matchdb.index import Hit
 from matchdb.service.answers import ANSWER_CHUNK, Answer, ChunkedAnswers
@@ -28,7 +31,11 @@ from matchdb.service.views import Fields, oversized_attributes, public_record, s
 from matchdb.storage import records as store
 from matchdb.storage.browse import matching_row_ids
 from matchdb.storage.database import single_reads
+from matchdb.storage.geometric import signatures_by_row_ids
 from matchdb.storage.transactions import Writer
+
+#: Geometric scores are bits of 64, shown as a percentage of 64 bits: exactly as a phash distance is shown.
+GEOMETRIC_KIND = "phash"
 
 
 def new_record(item: LoadedRecord) -> store.NewRecord:
@@ -45,6 +52,7 @@ def new_record(item: LoadedRecord) -> store.NewRecord:
         bmh1=item.image.hashes["bmh1"].data,
         phash=item.image.hashes["phash"].data,
         thumbnail=item.image.thumbnail,
+        geometric=None if item.geometric is None else item.geometric.words.astype("<u8").tobytes(),
     )
 
 
@@ -69,9 +77,10 @@ class CollectionService:
         self._index_wait = index_wait
         self._writer = writer or Writer(engine)  # write transactions, retried when a retry cures the failure
 
-    async def insert(self, collection_id: str, raws: Sequence[object]) -> list[LoadedRecord]:
-        """Upsert every record that loads; a repeated ``_id`` in the request fails that record. One transaction."""
-        loaded = await self._loader.load_many(raws, HASH_TYPES, assign_id=True, to_store=True)
+    async def insert(self, collection_id: str, raws: Sequence[object], geometric: bool = False) -> list[LoadedRecord]:
+        """Upsert every record that loads; a repeated ``_id`` in the request fails that record. One transaction.
+        ``geometric``: the collection's records keep a geometric signature, computed here."""
+        loaded = await self._loader.load_many(raws, HASH_TYPES, assign_id=True, to_store=True, geometric=geometric)
         seen: set[str] = set()
         for index, item in enumerate(loaded):
             ext_id = str(item.record.get("_id"))
@@ -152,7 +161,7 @@ class CollectionService:
     async def knn_many(
         self,
         collection_id: str,
-        searches: Sequence[tuple[Sequence[VisualHash], int | None]],
+        searches: Sequence[tuple[Sequence[VisualHash] | GeometricQuery, int | None]],
         k: int,
         radius: float | None,
         filter_: dict[str, Any] | None,
@@ -172,9 +181,14 @@ class CollectionService:
                 def accept(key: int, exclude: int | None = exclude) -> bool:
                     return key != exclude and (allowed is None or key in allowed)
 
+                check = accept if (allowed is not None or exclude) else None
+                if isinstance(queries, GeometricQuery):
+                    bound = GEOMETRIC_NBITS if radius is None else max_bits_within(radius, GEOMETRIC_KIND)
+                    hits = loaded.geometric.search(queries, bound, k, check)
+                    found.append((GEOMETRIC_KIND, [Hit(bits, key) for key, bits in hits]))
+                    continue
                 kind = queries[0].kind
                 max_bits = None if radius is None else max_bits_within(radius, kind)
-                check = accept if (allowed is not None or exclude) else None
                 index = loaded.by_kind[kind]
                 found.append((kind, merge_hits([index.nearest(q.as_int(), k, max_bits, check) for q in queries], k)))
             return found
@@ -199,7 +213,7 @@ class CollectionService:
     async def rank_records(
         self,
         collection_id: str,
-        queries: Sequence[VisualHash],
+        queries: Sequence[VisualHash] | GeometricQuery,
         ext_ids: Sequence[str],
         k: int | None,
         radius: float | None,
@@ -207,14 +221,18 @@ class CollectionService:
     ) -> tuple[Answer, list[str]]:
         """Rank the given stored records against the query (its smallest distance over ``queries``, the query's
         orientations with ``dihedral``); also returns the ``_id`` values not found."""
-        kind = queries[0].kind
         stored = await self.get(collection_id, ext_ids)
+        if isinstance(queries, GeometricQuery):
+            kind = GEOMETRIC_KIND
+            scored = await run_in_threadpool(self._geometric_scores, queries, list(stored.values()))
+        else:
+            kind = queries[0].kind
 
-        def bits_to(record: store.StoredRecord) -> int:
-            value = VisualHash(kind, record.bmh1 if kind == "bmh1" else record.phash)
-            return min(query.hamming(value) for query in queries)
+            def bits_to(record: store.StoredRecord) -> int:
+                value = VisualHash(kind, record.bmh1 if kind == "bmh1" else record.phash)
+                return min(query.hamming(value) for query in queries)
 
-        scored = sorted((bits_to(s), s.row_id, s) for s in stored.values())
+            scored = sorted((bits_to(s), s.row_id, s) for s in stored.values())
         if radius is not None:
             scored = [entry for entry in scored if shown_distance(entry[0], kind) <= radius]
         if k is not None:
@@ -225,6 +243,19 @@ class CollectionService:
             [bits for bits, _, _ in scored],
         )
         return answer, [e for e in ext_ids if e not in stored]
+
+    def _geometric_scores(
+        self, query: GeometricQuery, stored: list[store.StoredRecord]
+    ) -> list[tuple[int, int, store.StoredRecord]]:
+        """(score, row id, record) of the given records that have a signature, best first."""
+        with single_reads(self._engine) as connection:
+            signatures = signatures_by_row_ids(connection, [s.row_id for s in stored])
+        kept = [s for s in stored if s.row_id in signatures]
+        if not kept:
+            return []
+        words = np.stack([signatures[s.row_id] for s in kept])
+        bits = geometric_scan.scores(words, np.arange(len(kept), dtype=np.int64), len(kept), query)
+        return sorted((int(b), s.row_id, s) for b, s in zip(bits.tolist(), kept, strict=True))
 
     def _fetch(
         self, row_ids: Iterable[int], presumed: store.Presumed | None = None

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from matchdb import metrics
 from matchdb.errors import MatchdbError
+from matchdb.geometric import GeometricIndex
 from matchdb.hashing import HASH_TYPES, NBITS
 from matchdb.index import HammingIndex, NumpyTreeIndex
 from matchdb.index.segment import Mapped
@@ -30,6 +31,7 @@ from matchdb.service.rowids import RowIds
 from matchdb.service.segments import SegmentStore, changes_after
 from matchdb.storage.changes import ALL_COLLECTIONS, PRUNED, Change, changes_since, latest_seq
 from matchdb.storage.collections import list_collections
+from matchdb.storage.geometric import load_signatures, signatures_by_row_ids
 from matchdb.storage.hash_load import load_hashes
 from matchdb.storage.records import get_by_row_ids
 from matchdb.storage.transactions import unavailable
@@ -47,6 +49,7 @@ class CollectionIndex:
     """The indexes of one collection, by hash type, and whether they are ready."""
 
     by_kind: dict[str, HammingIndex] = field(default_factory=dict)
+    geometric: GeometricIndex = field(default_factory=GeometricIndex)  # signatures, if the collection keeps them
     row_ids: RowIds = field(default_factory=RowIds)  # the live records' row ids, for allRecords and random
     state: str = "loading"
     ready: threading.Event = field(default_factory=threading.Event)
@@ -244,6 +247,7 @@ class IndexRegistry:
         """Apply changes to the registered indexes (or, for a load's replay, to ``target`` only)."""
         upserted = [c.record_id for c in batch if c.op == "upsert" and c.record_id is not None]
         stored = get_by_row_ids(connection, upserted) if upserted else {}
+        signatures = signatures_by_row_ids(connection, upserted) if upserted else {}
         for change in batch:
             loaded = target if target is not None else self._collections.get(change.collection_id)
             if loaded is None:
@@ -251,6 +255,7 @@ class IndexRegistry:
             if change.op == "delete" and change.record_id is not None:
                 for index in loaded.by_kind.values():
                     index.remove(change.record_id)
+                loaded.geometric.remove(change.record_id)
                 loaded.row_ids.remove(change.record_id)
             elif change.op == "upsert" and change.record_id is not None:
                 record = stored.get(change.record_id)
@@ -258,6 +263,9 @@ class IndexRegistry:
                     continue
                 loaded.by_kind["bmh1"].add(record.row_id, int.from_bytes(record.bmh1, "little"))
                 loaded.by_kind["phash"].add(record.row_id, int.from_bytes(record.phash, "little"))
+                signature = signatures.get(record.row_id)
+                if signature is not None:
+                    loaded.geometric.add(record.row_id, signature)
                 loaded.row_ids.add(record.row_id)
 
     def _load(self, collection_id: str, loaded: CollectionIndex, replaces: bool = False, newer_than: int = -1) -> None:
@@ -271,6 +279,8 @@ class IndexRegistry:
         try:
             if not self._load_segment(collection_id, loaded, newer_than):
                 self._load_database(collection_id, loaded)
+            with self._engine.connect() as connection:  # signatures are not in segments: always from the database
+                loaded.geometric.add_many(*load_signatures(connection, collection_id))
             with self._lock, self._engine.connect() as connection:
                 self._apply(connection, loaded.pending, target=loaded)
                 loaded.pending.clear()

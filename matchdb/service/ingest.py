@@ -38,9 +38,12 @@ from sqlalchemy import Engine
 from matchdb.config import Settings
 from matchdb.errors import MatchdbError
 from matchdb.fetch import Fetcher
-from matchdb.hashing import HASH_TYPES, hash_image
+from matchdb.geometric import signature
+from matchdb.hashing import HASH_TYPES, decode_image, hash_image, hash_pixels
+from matchdb.hashing.thumbnail import thumbnail_bytes
 from matchdb.service.inputs import Item
 from matchdb.service.records import fetcher_from_settings
+from matchdb.storage.collections import collection_is_geometric
 from matchdb.storage.records import NewRecord, StoredRecord, get_records, upsert_records
 from matchdb.storage.transactions import Writer
 
@@ -62,43 +65,61 @@ class Hashes:
     bmh1: bytes
     phash: bytes
     thumbnail: bytes | None = None
+    geometric: bytes | None = None  # the geometric signature (geometric collections)
 
 
-def hash_bytes(data: bytes, checksum: str, max_pixels: int, thumbnail: bool = False) -> Hashes:
+def hash_bytes(data: bytes, checksum: str, max_pixels: int, thumbnail: bool = False, geometric: bool = False) -> Hashes:
+    """Hash an image (and make its thumbnail and, for a geometric collection, its signature from the same pixels)."""
+    if geometric:
+        pixels = decode_image(data, max_pixels)
+        hashes = hash_pixels(pixels, HASH_TYPES)
+        picture = thumbnail_bytes(pixels) if thumbnail else None
+        bmh1, phash = hashes["bmh1"].data, hashes["phash"].data
+        return Hashes(checksum, pixels.width, pixels.height, bmh1, phash, picture, signature(pixels))
     image = hash_image(data, HASH_TYPES, max_pixels, thumbnail)
     bmh1, phash = image.hashes["bmh1"].data, image.hashes["phash"].data
     return Hashes(checksum, image.width, image.height, bmh1, phash, image.thumbnail)
 
 
-def hash_file(path: str, known_checksum: str | None, max_pixels: int, thumbnail: bool = False) -> Hashes | str:
+def hash_file(
+    path: str, known_checksum: str | None, max_pixels: int, thumbnail: bool = False, geometric: bool = False
+) -> Hashes | str:
     """Read and checksum a file; hash it only if the checksum differs from ``known_checksum`` (else return the
     checksum alone), so rerunning an ingest over unchanged files never decodes an image."""
     data = Path(path).read_bytes()
     checksum = hashlib.sha256(data).hexdigest()
     if checksum == known_checksum:
         return checksum
-    return hash_bytes(data, checksum, max_pixels, thumbnail)
+    return hash_bytes(data, checksum, max_pixels, thumbnail, geometric)
 
 
-def file_outcome(item: Item, stored: StoredRecord | None, max_pixels: int, thumbnail: bool = False) -> _Outcome:
+def file_outcome(
+    item: Item, stored: StoredRecord | None, max_pixels: int, thumbnail: bool = False, geometric: bool = False
+) -> _Outcome:
     """What ingesting a file item amounts to (new, updated, unchanged, failed), with the record to write: the
     per-item work of every ingest, run in a worker process of the local pool or on a cluster worker."""
     assert item.path is not None
     try:
         known = stored.checksum if stored else None
-        return _compare(item, stored, hash_file(str(item.path), known, max_pixels, thumbnail))
+        return _compare(item, stored, hash_file(str(item.path), known, max_pixels, thumbnail, geometric))
     except Exception as exc:
         return _failed(item, exc)
 
 
 def bytes_outcome(
-    item: Item, stored: StoredRecord | None, data: bytes, max_pixels: int, thumbnail: bool = False
+    item: Item,
+    stored: StoredRecord | None,
+    data: bytes,
+    max_pixels: int,
+    thumbnail: bool = False,
+    geometric: bool = False,
 ) -> _Outcome:
     """:func:`file_outcome` for downloaded bytes: hashed only if their checksum differs from the stored one."""
     checksum = hashlib.sha256(data).hexdigest()
     try:
         unchanged = stored is not None and stored.checksum == checksum
-        return _compare(item, stored, checksum if unchanged else hash_bytes(data, checksum, max_pixels, thumbnail))
+        hashed = checksum if unchanged else hash_bytes(data, checksum, max_pixels, thumbnail, geometric)
+        return _compare(item, stored, hashed)
     except Exception as exc:
         return _failed(item, exc)
 
@@ -234,6 +255,7 @@ class _Ingest:
         self._fetcher = fetcher
         self._max_pixels = settings.max_pixels
         self._thumbnails = settings.thumbnails
+        self._geometric = collection_is_geometric(engine, collection_id)
         self._downloads = asyncio.Semaphore(settings.fetch_concurrency)
         self._batch_size = batch_size
         self._window = window
@@ -315,14 +337,16 @@ class _Ingest:
         if item.error is not None:
             return _failed(item, item.error)
         if item.path is not None:
-            return await self._in_pool(file_outcome, item, stored, self._max_pixels, self._thumbnails)
+            return await self._in_pool(file_outcome, item, stored, self._max_pixels, self._thumbnails, self._geometric)
         assert item.url is not None
         try:
             async with self._downloads:
                 data = await self._fetcher.fetch(item.url)
         except Exception as exc:
             return _failed(item, exc)
-        return await self._in_pool(bytes_outcome, item, stored, data, self._max_pixels, self._thumbnails)
+        return await self._in_pool(
+            bytes_outcome, item, stored, data, self._max_pixels, self._thumbnails, self._geometric
+        )
 
     async def _in_pool(self, function: Callable[..., _Outcome], *args: object) -> _Outcome:
         """``function(*args)`` in a worker process, shielded from the item's cancellation (a stopped ingest drops what
@@ -359,6 +383,7 @@ def _compare(item: Item, stored: StoredRecord | None, result: Hashes | str) -> _
         phash=result.phash,
         thumbnail=result.thumbnail,
         keep_thumbnail=reused,
+        geometric=result.geometric,
     )
     if stored is None:
         return _Outcome("new", record)
@@ -426,17 +451,19 @@ def ingest_chunk(
     Returns each item's status and failure, in order: small, whatever the images' size."""
     wanted = [item.ext_id for item in items if item.error is None]
     stored = lookup_stored(engine, collection_id, wanted)
+    geometric = collection_is_geometric(engine, collection_id)
     outcomes: dict[int, _Outcome] = {}
     downloads: list[tuple[int, Item]] = []
     for index, item in enumerate(items):
         if item.error is not None:
             outcomes[index] = _failed(item, item.error)
         elif item.path is not None:
-            outcomes[index] = file_outcome(item, stored.get(item.ext_id), settings.max_pixels, settings.thumbnails)
+            found = stored.get(item.ext_id)
+            outcomes[index] = file_outcome(item, found, settings.max_pixels, settings.thumbnails, geometric)
         else:
             downloads.append((index, item))
     if downloads:
-        outcomes.update(asyncio.run(_download_outcomes(downloads, stored, settings)))
+        outcomes.update(asyncio.run(_download_outcomes(downloads, stored, settings, geometric)))
     ordered = [outcomes[index] for index in range(len(items))]
     records = [outcome.record for outcome in ordered if outcome.record is not None]
     if records:
@@ -445,7 +472,7 @@ def ingest_chunk(
 
 
 async def _download_outcomes(
-    downloads: list[tuple[int, Item]], stored: dict[str, StoredRecord], settings: Settings
+    downloads: list[tuple[int, Item]], stored: dict[str, StoredRecord], settings: Settings, geometric: bool
 ) -> dict[int, _Outcome]:
     """Download and hash URL items, ``fetch_concurrency`` at a time (which also bounds the bytes held)."""
     slots = asyncio.Semaphore(settings.fetch_concurrency)
@@ -458,8 +485,9 @@ async def _download_outcomes(
                     data = await fetcher.fetch(item.url)
                 except Exception as exc:
                     return index, _failed(item, exc)
+                found = stored.get(item.ext_id)
                 outcome = await asyncio.to_thread(
-                    bytes_outcome, item, stored.get(item.ext_id), data, settings.max_pixels, settings.thumbnails
+                    bytes_outcome, item, found, data, settings.max_pixels, settings.thumbnails, geometric
                 )
                 return index, outcome
 

@@ -10,8 +10,11 @@ from typing import Any
 from sqlalchemy import Engine
 
 from matchdb.errors import MatchdbError
+from matchdb.geometric import NBITS as GEOMETRIC_NBITS
+from matchdb.geometric import Query as GeometricQuery
 from matchdb.hashing import VisualHash
-from matchdb.service.collections import max_bits_within, merge_hits
+from matchdb.index import Hit
+from matchdb.service.collections import GEOMETRIC_KIND, max_bits_within, merge_hits
 from matchdb.service.indexes import IndexRegistry
 from matchdb.service.stateless import shown_distance
 from matchdb.service.views import public_record
@@ -72,17 +75,24 @@ def nearest_records(
     engine: Engine,
     registry: IndexRegistry,
     collection_id: str,
-    queries: Sequence[VisualHash],
+    queries: Sequence[VisualHash] | GeometricQuery,
     k: int,
     radius: float | None = None,
 ) -> list[dict[str, Any]]:
     """The ``k`` stored records nearest to the query (within ``radius`` percent if given), nearest first, each as
     ``{"_id", "distance", "hamming", ...attributes}``. Ties are ordered by insertion order, as in visualKNN.
-    ``queries`` holds one hash, or the hashes of the query's orientations (a record keeps its smallest distance)."""
-    query = queries[0]
-    index = registry.get(collection_id).by_kind[query.kind]
-    max_bits = None if radius is None else max_bits_within(radius, query.kind)
-    hits = merge_hits([index.nearest(q.as_int(), k, max_bits) for q in queries], k)
+    ``queries`` holds one hash, or the hashes of the query's orientations (a record keeps its smallest distance),
+    or a geometric query (a geometric collection's signatures are searched)."""
+    loaded = registry.get(collection_id)
+    if isinstance(queries, GeometricQuery):
+        kind = GEOMETRIC_KIND
+        bound = GEOMETRIC_NBITS if radius is None else max_bits_within(radius, kind)
+        hits = [Hit(bits, key) for key, bits in loaded.geometric.search(queries, bound, k)]
+    else:
+        kind = queries[0].kind
+        index = loaded.by_kind[kind]
+        max_bits = None if radius is None else max_bits_within(radius, kind)
+        hits = merge_hits([index.nearest(q.as_int(), k, max_bits) for q in queries], k)
     with engine.connect() as connection:
         stored = get_by_row_ids(connection, [hit.key for hit in hits])
     answers: list[dict[str, Any]] = []
@@ -91,10 +101,6 @@ def nearest_records(
         if record is not None:
             public = public_record(record)
             answers.append(
-                {"_id": public.pop("_id"), "distance": _shown(hit.bits, query), "hamming": hit.bits, **public}
+                {"_id": public.pop("_id"), "distance": shown_distance(hit.bits, kind), "hamming": hit.bits, **public}
             )
     return answers
-
-
-def _shown(bits: int, query: VisualHash) -> float:
-    return shown_distance(bits, query.kind)

@@ -22,8 +22,10 @@ from matchdb import metrics
 from matchdb.config import Settings
 from matchdb.errors import ImageError
 from matchdb.fetch import Fetcher, FetchError
-from matchdb.hashing import HashedImage, VisualHash, decode_image, hash_image
+from matchdb.geometric import Prepared, prepare
+from matchdb.hashing import HashedImage, VisualHash, decode_image, hash_image, hash_pixels
 from matchdb.hashing.dihedral import hash_dihedral
+from matchdb.hashing.thumbnail import thumbnail_bytes
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -46,6 +48,7 @@ class LoadedRecord:
     failure: RecordFailure | None = None
     checksum: str = ""  # SHA-256 of the image bytes
     variants: tuple[dict[str, VisualHash], ...] = ()  # the 8 orientations' hashes, when loaded with ``dihedral``
+    geometric: Prepared | None = None  # signature and query, when loaded with ``geometric``
 
     def query_hashes(self, kind: str) -> list[VisualHash]:
         """The hashes to search with: the plain one first, then every distinct other orientation's (dihedral)."""
@@ -111,18 +114,34 @@ class ImageLoader:
         self._limit = asyncio.Semaphore(concurrency)
 
     async def load_many(
-        self, raws: Sequence[object], kinds: Sequence[str], assign_id: bool, to_store: bool = False
+        self,
+        raws: Sequence[object],
+        kinds: Sequence[str],
+        assign_id: bool,
+        to_store: bool = False,
+        geometric: bool = False,
     ) -> list[LoadedRecord]:
         """Load every record concurrently; the result keeps request order. ``to_store``: the records will be stored,
         so each gets its thumbnail too (unless thumbnails are off)."""
         thumbnail = to_store and self._thumbnails
-        return list(await asyncio.gather(*(self.load(raw, kinds, assign_id, thumbnail=thumbnail) for raw in raws)))
+        return list(
+            await asyncio.gather(
+                *(self.load(raw, kinds, assign_id, thumbnail=thumbnail, geometric=geometric) for raw in raws)
+            )
+        )
 
     async def load(
-        self, raw: object, kinds: Sequence[str], assign_id: bool, dihedral: bool = False, thumbnail: bool = False
+        self,
+        raw: object,
+        kinds: Sequence[str],
+        assign_id: bool,
+        dihedral: bool = False,
+        thumbnail: bool = False,
+        geometric: bool = False,
     ) -> LoadedRecord:
         """One record; with ``dihedral`` its 8 orientations are hashed too (a query image only: 8 times the work),
-        with ``thumbnail`` its thumbnail is made from the same decoded pixels."""
+        with ``thumbnail`` its thumbnail is made from the same decoded pixels, with ``geometric`` its geometric
+        signature and query too."""
         record = echo_record(raw, assign_id)
         if not isinstance(raw, dict):
             return LoadedRecord(record, None, RecordFailure(400, "record must be a JSON object"))
@@ -141,27 +160,32 @@ class ImageLoader:
         try:
             async with self._limit:
                 loop = asyncio.get_running_loop()
-                image, checksum, variants = await loop.run_in_executor(
-                    self._executor, self._decode, source, tuple(kinds), dihedral, thumbnail
+                image, checksum, variants, prepared = await loop.run_in_executor(
+                    self._executor, self._decode, source, tuple(kinds), dihedral, thumbnail, geometric
                 )
         except ImageError as exc:
             metrics.IMAGE_FAILURES.labels("decode").inc()
             return LoadedRecord(record, None, image_failure(str(exc)))
         metrics.IMAGES_HASHED.labels("base64" if isinstance(source, str) else "url").inc()
         record["_width"], record["_height"] = image.width, image.height
-        return LoadedRecord(record, image, checksum=checksum, variants=variants)
+        return LoadedRecord(record, image, checksum=checksum, variants=variants, geometric=prepared)
 
     def _decode(
-        self, source: bytes | str, kinds: tuple[str, ...], dihedral: bool, thumbnail: bool = False
-    ) -> tuple[HashedImage, str, tuple[dict[str, VisualHash], ...]]:
+        self, source: bytes | str, kinds: tuple[str, ...], dihedral: bool, thumbnail: bool, geometric: bool
+    ) -> tuple[HashedImage, str, tuple[dict[str, VisualHash], ...], Prepared | None]:
         """Runs in the pool: base64 text is decoded here too, as it is CPU work that would stall the event loop."""
         data = decode_base64(source, self._max_bytes) if isinstance(source, str) else source
         checksum = hashlib.sha256(data).hexdigest()
+        if geometric:
+            pixels = decode_image(data, self._max_pixels)
+            picture = thumbnail_bytes(pixels) if thumbnail else None
+            image = HashedImage(pixels.width, pixels.height, hash_pixels(pixels, kinds), picture)
+            return image, checksum, (), prepare(pixels)
         if not dihedral:
-            return hash_image(data, kinds, self._max_pixels, thumbnail), checksum, ()
+            return hash_image(data, kinds, self._max_pixels, thumbnail), checksum, (), None
         pixels = decode_image(data, self._max_pixels)
         variants = tuple(hash_dihedral(pixels, kinds))
-        return HashedImage(pixels.width, pixels.height, variants[0]), checksum, variants
+        return HashedImage(pixels.width, pixels.height, variants[0]), checksum, variants, None
 
     async def _source_of(self, raw: dict[str, Any]) -> bytes | str:
         """The image bytes (downloaded) or the base64 text to decode."""

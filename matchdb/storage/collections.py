@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, delete, func, insert, literal, or_, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from matchdb.errors import MatchdbError
@@ -31,6 +31,7 @@ class CollectionInfo:
     workspace: str
     created_at: datetime
     record_count: int = 0
+    geometric: bool = False  # records keep a geometric signature (matchdb.geometric)
 
 
 def _select(with_count: bool = True) -> Select[Any]:
@@ -40,12 +41,11 @@ def _select(with_count: bool = True) -> Select[Any]:
         if with_count
         else literal(0)
     )
-    return select(collections.c.id, collections.c.name, workspaces.c.name, collections.c.created_at, count).join(
-        workspaces, workspaces.c.id == collections.c.workspace_id
-    )
+    columns = (collections.c.id, collections.c.name, workspaces.c.name, collections.c.created_at, count)
+    return select(*columns, collections.c.geometric).join(workspaces, workspaces.c.id == collections.c.workspace_id)
 
 
-def create_collection(connection: Connection, workspace: str, name: str) -> CollectionInfo:
+def create_collection(connection: Connection, workspace: str, name: str, geometric: bool = False) -> CollectionInfo:
     if not name or len(name) > 200:
         raise ValueError("a collection name must have 1 to 200 characters")
     new_id = str(uuid.uuid4())
@@ -58,10 +58,12 @@ def create_collection(connection: Connection, workspace: str, name: str) -> Coll
         raise CollectionExists(f"a collection named {name!r} exists already")
     try:
         with connection.begin_nested():
-            connection.execute(insert(collections).values(id=new_id, workspace_id=ws, name=name, created_at=now))
+            connection.execute(
+                insert(collections).values(id=new_id, workspace_id=ws, name=name, created_at=now, geometric=geometric)
+            )
     except IntegrityError as exc:  # a concurrent create won the race
         raise CollectionExists(f"a collection named {name!r} exists already") from exc
-    return CollectionInfo(new_id, name, workspace, now, 0)
+    return CollectionInfo(new_id, name, workspace, now, 0, geometric)
 
 
 def list_collections(
@@ -95,3 +97,10 @@ def delete_collection(connection: Connection, collection_id: str) -> bool:
         connection.execute(delete(records).where(records.c.collection_id == collection_id))
         append_change(connection, collection_id, "drop")
     return bool(deleted)
+
+
+def collection_is_geometric(engine: Engine, collection_id: str) -> bool:
+    """Whether the collection was created with geometric matching (its records then keep a signature)."""
+    with engine.connect() as connection:
+        value = connection.execute(select(collections.c.geometric).where(collections.c.id == collection_id)).scalar()
+    return bool(value)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from matchdb.errors import MatchdbError
 from matchdb.hashing import ALGORITHM_VERSION
 from matchdb.storage.changes import append_changes
+from matchdb.storage.geometric import replace_signatures
 from matchdb.storage.schema import changes, collections, records, tokens
 from matchdb.storage.thumbnails import replace_thumbnails
 
@@ -43,6 +44,7 @@ class NewRecord:
     phash: bytes
     thumbnail: bytes | None = None
     keep_thumbnail: bool = False
+    geometric: bytes | None = None  # the geometric signature (geometric collections; None: keep the stored one)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,9 @@ def upsert_records(connection: Connection, collection_id: str, batch: Sequence[N
     row_ids = [ids[r.ext_id] for r in batch]
     pictures = [(row_id, r.thumbnail) for row_id, r in zip(row_ids, batch, strict=True) if not r.keep_thumbnail]
     replace_thumbnails(connection, pictures)
+    signatures = [(row_id, r.geometric) for row_id, r in zip(row_ids, batch, strict=True) if r.geometric]
+    if signatures:
+        replace_signatures(connection, signatures)
     append_changes(connection, collection_id, "upsert", row_ids)
     return row_ids
 

@@ -86,6 +86,8 @@ collections = Table(
     Column("workspace_id", Integer, ForeignKey("workspaces.id", ondelete="CASCADE"), nullable=False),
     Column("name", String(200), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Created with geometric matching: each record also keeps a geometric signature (geometric_signatures).
+    Column("geometric", Boolean, nullable=False, default=False, server_default="0"),
     UniqueConstraint("workspace_id", "name", name="uq_collections_workspace_id_name"),
 )
 
@@ -134,17 +136,32 @@ servers = Table(
     Column("records", BigInteger, nullable=False),
 )
 
+
+def _record_key() -> Column[int]:
+    """The key of a per-record side table: the record's row id, the row deleted with the record."""
+    return Column(
+        "record_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("records.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
+
 # One small picture per record (longest side 160 px, JPEG), for the console: records inserted with ``_base64`` have
 # no other image to show. Its own table, so index loads and searches, which read ``records``, never touch it.
 thumbnails = Table(
     "thumbnails",
     metadata,
-    Column(
-        "record_id",
-        BigInteger().with_variant(Integer, "sqlite"),
-        ForeignKey("records.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _record_key(),
     Column("media_type", String(32), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# The geometric signature of each record of a geometric collection (38 window hashes, 304 bytes): written in the
+# record's upsert transaction, deleted with it; read only by index loads and catch-ups.
+geometric_signatures = Table(
+    "geometric_signatures",
+    metadata,
+    _record_key(),
     Column("data", LargeBinary, nullable=False),
 )

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from matchdb.config import Settings
+from matchdb.geometric import Query as GeometricQuery
 from matchdb.hashing import VisualHash
 from matchdb.service.answers import Answer, ChunkedAnswers
 from matchdb.service.collections import CollectionService, Unconfirmed
@@ -118,7 +119,7 @@ async def insert(request: Request, context: RequestContext, principal: Principal
     collection = await collection_of(request, principal)
     records = records_field(body, _max_records(request))
     fields = fields_field(body)
-    loaded = await _service(request).insert(collection.id, records)
+    loaded = await _service(request).insert(collection.id, records, geometric=collection.geometric)
     return _outcome(context, loaded, fields)
 
 
@@ -200,14 +201,36 @@ async def all_ids(
 Query = tuple[LoadedRecord, list[VisualHash], int | None]
 
 
-async def _load_query(request: Request, collection_id: str, raw: object, kind: str, dihedral: bool) -> Query:
+def geometric_flag(body: dict[str, Any], collection: collection_store.CollectionInfo, dihedral: bool) -> bool:
+    """The request's ``geometric`` flag, checked: only on a collection created with it, and not with dihedral."""
+    geometric = flag_field(body, "geometric")
+    if geometric and dihedral:
+        raise ApiError(400, "dihedral and geometric cannot be combined: choose one")
+    if geometric and not collection.geometric:
+        raise ApiError(
+            400,
+            f"collection {collection.name!r} was not created with geometric: true, so its records keep no geometric "
+            "signature (create a geometric collection and insert the images again)",
+        )
+    return geometric
+
+
+def _search_values(item: LoadedRecord, values: list[VisualHash]) -> list[VisualHash] | GeometricQuery:
+    """What a query searches with: its geometric query when loaded with ``geometric``, else its hashes."""
+    return item.geometric.query if item.geometric is not None else values
+
+
+async def _load_query(
+    request: Request, collection_id: str, raw: object, kind: str, dihedral: bool, geometric: bool = False
+) -> Query:
     """A query as (record to echo, hashes, row id to exclude): an image, or a stored record named by ``_id``. With
     ``dihedral`` the hashes are those of the image's 8 orientations, so it needs the image itself. A query that
     fails says why in its record's failure (and has no hashes)."""
     if isinstance(raw, dict) and "_url" not in raw and "_base64" not in raw and "_id" in raw:
         echo = echo_record(raw, assign_id=False)
-        if dihedral:
-            text = "dihedral needs the query image (_url or _base64): a stored record keeps only its hashes"
+        if dihedral or geometric:
+            flag = "geometric" if geometric else "dihedral"
+            text = f"{flag} needs the query image (_url or _base64): a stored record keeps only its hashes"
             return LoadedRecord(echo, None, RecordFailure(400, text)), [], None
         try:
             stored, value = await _service(request).stored_hash(collection_id, str(raw["_id"]), kind)
@@ -215,18 +238,24 @@ async def _load_query(request: Request, collection_id: str, raw: object, kind: s
             return LoadedRecord(echo, None, RecordFailure(exc.status, str(exc))), [], None
         return LoadedRecord(public_record(stored), None), [value], stored.row_id
     loader = request.app.state.loader
-    item: LoadedRecord = await loader.load(raw, (kind,), assign_id=False, dihedral=dihedral)
+    item: LoadedRecord = await loader.load(raw, (kind,), assign_id=False, dihedral=dihedral, geometric=geometric)
     return item, ([] if item.image is None else item.query_hashes(kind)), None
 
 
 async def _query_hashes(
-    request: Request, context: RequestContext, collection_id: str, body: dict[str, Any], kind: str, dihedral: bool
+    request: Request,
+    context: RequestContext,
+    collection_id: str,
+    body: dict[str, Any],
+    kind: str,
+    dihedral: bool,
+    geometric: bool = False,
 ) -> Query:
     """The request's ``query_record``; one that fails fails the request (400, or 404 for an unknown ``_id``)."""
     raw = body.get("query_record")
     if not isinstance(raw, dict):
         raise ApiError(400, "Missing field 'query_record' (an object with _url, _base64 or a stored _id)")
-    item, values, exclude = await _load_query(request, collection_id, raw, kind, dihedral)
+    item, values, exclude = await _load_query(request, collection_id, raw, kind, dihedral, geometric)
     stamp_statuses(context, [item])
     if item.failure is not None:
         if "_url" in raw or "_base64" in raw or "_id" not in raw:
@@ -302,16 +331,19 @@ async def _knn_answer(
     k = _k(request, body) or 10
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
+    geometric = geometric_flag(body, collection, dihedral)
     fields = fields_field(body)
     filter_ = checked_filter(request, body)
     batch = "query_record" not in body and "records" in body
     if batch:
         raws = records_field(body, _max_records(request))
         _check_answer_size(request, k, len(raws))
-        queries = list(await asyncio.gather(*(_load_query(request, collection.id, r, kind, dihedral) for r in raws)))
+        queries = list(
+            await asyncio.gather(*(_load_query(request, collection.id, r, kind, dihedral, geometric) for r in raws))
+        )
     else:
-        queries = [await _query_hashes(request, context, collection.id, body, kind, dihedral)]
-    searches = [(values, exclude) for item, values, exclude in queries if item.failure is None]
+        queries = [await _query_hashes(request, context, collection.id, body, kind, dihedral, geometric)]
+    searches = [(_search_values(item, values), exclude) for item, values, exclude in queries if item.failure is None]
     try:
         answers = await _service(request).knn_many(collection.id, searches, k, radius, filter_, fields, presumed)
     except IndexLoading as exc:
@@ -374,10 +406,12 @@ async def visual_rank_records(
     k = _k(request, body)
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
+    geometric = geometric_flag(body, collection, dihedral)
     fields = fields_field(body)
-    query, values, _ = await _query_hashes(request, context, collection.id, body, kind, dihedral)
+    query, values, _ = await _query_hashes(request, context, collection.id, body, kind, dihedral, geometric)
     wanted = [str(i.record["_id"]) for i in items if i.failure is None]
-    answer, missing = await _service(request).rank_records(collection.id, values, wanted, k, radius, fields)
+    ranked = _search_values(query, values)
+    answer, missing = await _service(request).rank_records(collection.id, ranked, wanted, k, radius, fields)
     skipped = [_found_or_404(i, str(i.record.get("_id")) not in missing) for i in items]
     skipped = [i for i in skipped if i.failure is not None]
     stamp_statuses(context, skipped)
@@ -403,6 +437,7 @@ def _describe(request: Request, info: collection_store.CollectionInfo) -> dict[s
         "created_at": info.created_at.isoformat(),
         "record_count": info.record_count,
         "index": {"state": state.state if state else "not loaded", "size": state.size if state else 0},
+        **({"geometric": True} if info.geometric else {}),
     }
 
 
@@ -424,9 +459,11 @@ async def collections_endpoint(
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise ApiError(400, "Field 'name' must be a non-empty string of at most 200 characters")
 
+    geometric = flag_field(body, "geometric")
+
     def create() -> collection_store.CollectionInfo:
         with write_transaction(engine) as connection:  # writers take turns: see storage.transactions
-            return collection_store.create_collection(connection, principal.workspace, name.strip())
+            return collection_store.create_collection(connection, principal.workspace, name.strip(), geometric)
 
     try:
         info = await run_in_threadpool(create)

@@ -134,6 +134,7 @@ class VisualHashRequest(Records):
 class RemoveDuplicatesRequest(Records):
     hash_type: HashType | None = Field(None, description="Default: bmh1")
     range: float | None = Field(None, ge=0, le=100, description="Distance in percent of bits (default 0)")
+    geometric: bool | None = Field(None, description="Match crops and small turns (matchdb extension, see docs/api.md)")
 
 
 class RankImagesRequest(Records):
@@ -142,6 +143,7 @@ class RankImagesRequest(Records):
     k: int | None = Field(None, ge=1, le=1000, description="At most k answers (at most MATCHDB_MAX_K)")
     radius: float | None = Field(None, ge=0, le=100, description="Only answers within this distance (percent)")
     dihedral: bool | None = Field(None, description="Also match the query rotated and mirrored")
+    geometric: bool | None = Field(None, description="Match crops and small turns (matchdb extension, see docs/api.md)")
 
 
 class InsertRequest(_Open):
@@ -188,6 +190,7 @@ class VisualKnnRequest(BrowseRequest):
     radius: float | None = Field(None, ge=0, le=100)
     hash_type: HashType | None = None
     dihedral: bool | None = None
+    geometric: bool | None = Field(None, description="Match crops and small turns (matchdb extension, see docs/api.md)")
 
 
 class VisualRankRecordsRequest(_Open):
@@ -197,12 +200,16 @@ class VisualRankRecordsRequest(_Open):
     radius: float | None = Field(None, ge=0, le=100)
     hash_type: HashType | None = None
     dihedral: bool | None = None
+    geometric: bool | None = Field(None, description="Match crops and small turns (matchdb extension, see docs/api.md)")
     fields_to_return: list[str] | None = None
 
 
 class CreateCollectionRequest(_Open):
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"name": "products"}]})
     name: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    geometric: bool | None = Field(
+        None, description="Records keep a geometric signature, so geometric queries work (matchdb extension)"
+    )
 
 
 # --- answers ----------------------------------------------------------------------------------------------------------

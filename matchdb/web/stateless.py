@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from matchdb import __version__
 from matchdb.config import Settings
 from matchdb.hashing import HASH_TYPES
+from matchdb.service import geometric as geometric_service
 from matchdb.service import stateless as service
 from matchdb.service.filters import QueryError
 from matchdb.service.records import ImageLoader
@@ -130,9 +131,12 @@ async def remove_duplicates(
     (kind,) = hash_types(body, ("bmh1",), allow_list=False)
     limit = number_field(body, "range", 0.0)
     assert limit is not None
-    loaded = await _loader(request).load_many(records, (kind,), assign_id=True)
+    geometric = flag_field(body, "geometric")
+    loaded = await _loader(request).load_many(records, (kind,), assign_id=True, geometric=geometric)
     stamp_statuses(context, loaded)
     code, text = batch_outcome(loaded)
+    if geometric:
+        return context.respond({"records": geometric_service.remove_duplicates(loaded, limit)}, code, text)
     return context.respond({"records": service.remove_duplicates(loaded, kind, limit)}, code, text)
 
 
@@ -147,14 +151,20 @@ async def rank_images(
     k = count_field(body, "k", _settings(request).max_k, "MATCHDB_MAX_K")
     radius = number_field(body, "radius", None)
     dihedral = flag_field(body, "dihedral")
+    geometric = flag_field(body, "geometric")
+    if dihedral and geometric:
+        raise ApiError(400, "dihedral and geometric cannot be combined: choose one")
     loader = _loader(request)
-    query = await loader.load(body["query_record"], (kind,), assign_id=False, dihedral=dihedral)
-    loaded = await loader.load_many(records, (kind,), assign_id=True)
+    query = await loader.load(body["query_record"], (kind,), assign_id=False, dihedral=dihedral, geometric=geometric)
+    loaded = await loader.load_many(records, (kind,), assign_id=True, geometric=geometric)
     stamp_statuses(context, [query, *loaded])
     if query.image is None:
         assert query.failure is not None
         return context.respond({"query_records": [query.record]}, 400, f"Query record failed: {query.failure.text}")
-    ranking = service.rank(query.query_hashes(kind), loaded, k, radius)
+    if geometric:
+        ranking = geometric_service.rank(query, loaded, k, radius)
+    else:
+        ranking = service.rank(query.query_hashes(kind), loaded, k, radius)
     skipped = [item.record for item in loaded if item.failure is not None]
     code, text = batch_outcome(loaded)
     response = {
