@@ -152,7 +152,7 @@ def test_flipped_bytes_anywhere_are_detected(tmp_path: Path) -> None:
         ("version", "format version 2"),
         ("magic", "not a matchdb segment"),
         ("database", "another database"),
-        ("data", "CRC-32"),
+        ("data", "XXH3-64 checksum"),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, damage: str, reason: str) -> None:
@@ -431,7 +431,7 @@ def test_two_workers_of_one_serve_share_one_mapped_file(postgres_server_url: str
             assert len(seen) == 2
             [(generation, path)] = store_for(engine, folder).generations(collection_id)
             size_kb = path.stat().st_size // 1024
-            for mapping in seen:  # each worker reads the whole file (the CRC pass) from the one page-cache copy
+            for mapping in seen:  # each worker reads the whole file (the checksum pass) from the one page-cache copy
                 assert mapping["seg_rss"] >= size_kb * 0.9 and mapping["seg_shared"] >= size_kb * 0.9, (
                     mapping,
                     size_kb,
