@@ -64,13 +64,15 @@ def import_hashes(
     # One batch is written (by a thread: the database works while this one parses) as the next is read and parsed.
     writing = ThreadPoolExecutor(1, thread_name_prefix="hash-import")
     pending: tuple[Future[Written], int] | None = None
+    fresh = True  # the last batch was all new: the next one likely is too (a first import), so it is tried as such
 
     def settle() -> None:
-        nonlocal pending
+        nonlocal pending, fresh
         if pending is not None:
             future, count = pending
             pending = None
             written = future.result()
+            fresh = written.new == count
             done.summary.new += written.new
             done.summary.updated += written.updated
             done.summary.unchanged += count - written.new - written.updated
@@ -81,7 +83,9 @@ def import_hashes(
         rows = _parse(batch, done.summary, on_failure, on_progress)
         settle()
         if len(rows):
-            future = writing.submit(writer.run, lambda connection: upsert_hash_rows(connection, collection_id, rows))
+            future = writing.submit(
+                writer.run, lambda connection: upsert_hash_rows(connection, collection_id, rows, fresh=fresh)
+            )
             pending = (future, len(rows))
 
     try:

@@ -143,13 +143,21 @@ _SQLITE_FIND = _statement(_FIND)
 _SQLITE_LOG = _statement(_LOG.format("(SELECT value AS id FROM json_each(:ids))"))
 
 
-def upsert_hash_rows(connection: Connection, collection_id: str, rows: HashRows) -> Written:
+def upsert_hash_rows(connection: Connection, collection_id: str, rows: HashRows, *, fresh: bool = False) -> Written:
     """Store ``rows`` (``_id`` unique among them): new ``_id`` values inserted, stored ones whose hashes, attributes
     or ``_url`` differ updated in place (keeping their row id), the rest left as they are. Raises
-    :class:`~matchdb.storage.records.CollectionGone` when the collection was deleted meanwhile."""
+    :class:`~matchdb.storage.records.CollectionGone` when the collection was deleted meanwhile.
+
+    ``fresh`` says the rows are likely all new (the last batch was): on Postgres they are then copied straight into
+    ``records`` (:func:`_copy_new`), and staged only if one was stored after all."""
     if not len(rows):
         return Written(0, 0)
     dialect = connection.dialect.name
+    now = datetime.now(UTC)
+    if dialect == "postgresql" and fresh:
+        serialise_writers(connection)
+        if _copy_new(connection, collection_id, rows, now):
+            return Written(len(rows), 0)
     connection.exec_driver_sql(_CREATE["postgresql" if dialect == "postgresql" else "sqlite"])
     if dialect == "postgresql":
         _copy_stage(connection, rows)
@@ -157,7 +165,7 @@ def upsert_hash_rows(connection: Connection, collection_id: str, rows: HashRows)
         connection.exec_driver_sql(f"DELETE FROM {_STAGE}")
         connection.exec_driver_sql(f"INSERT INTO {_STAGE} ({_STAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", _tuples(rows))
     serialise_writers(connection)
-    values = {"collection": collection_id, "version": HASH_VERSION, "now": datetime.now(UTC)}
+    values = {"collection": collection_id, "version": HASH_VERSION, "now": now}
     try:
         if dialect == "postgresql":
             connection.exec_driver_sql(_WORK_MEM)
@@ -223,23 +231,72 @@ def _json(attributes: dict[str, Any]) -> str:
         return json.dumps(attributes)
 
 
-def _copy_stage(connection: Connection, rows: HashRows) -> None:
-    """The batch into the staging table with one ``COPY`` in text format, its buffer built whole (the hashes as hex
-    with one numpy call per column) rather than a ``write_row`` per row."""
+def _copy_lines(rows: HashRows, heads: list[str], tail: str) -> str:
+    """The batch as ``COPY`` text, one line per row: its head, then ``_id``, attributes, ``_url`` and both hashes,
+    then ``tail``. Built whole (the hashes as hex with one numpy call per column) rather than a ``write_row`` per
+    row."""
     width = 2 * rows.bmh1.shape[1]
     bmh1 = rows.bmh1.tobytes().hex()
     narrow = 2 * rows.phash.shape[1]
     phash = rows.phash.tobytes().hex()
     null, prefix = "\\N", "\\\\x"  # COPY's NULL, and bytea's hex prefix with its backslash escaped for COPY
     backslash, escaped = "\\", "\\\\"  # JSON text holds no raw tab or line break, maybe backslashes
-    lines = [
-        f"{index}\t{_field(ext_id)}\t{_json(attributes).replace(backslash, escaped)}\t"
-        f"{null if url is None else _field(url)}\t"
-        f"{prefix}{bmh1[index * width : (index + 1) * width]}\t{prefix}{phash[index * narrow : (index + 1) * narrow]}\n"
-        for index, (ext_id, attributes, url) in enumerate(
-            zip(rows.ext_ids, rows.attributes, rows.source_urls, strict=True)
-        )
-    ]
+    return "".join(
+        [
+            f"{head}\t{_field(ext_id)}\t{_json(attributes).replace(backslash, escaped)}\t"
+            f"{null if url is None else _field(url)}\t{prefix}{bmh1[index * width : (index + 1) * width]}\t"
+            f"{prefix}{phash[index * narrow : (index + 1) * narrow]}{tail}\n"
+            for index, (head, ext_id, attributes, url) in enumerate(
+                zip(heads, rows.ext_ids, rows.attributes, rows.source_urls, strict=True)
+            )
+        ]
+    )
+
+
+def _copy(connection: Connection, target: str, buffer: str) -> None:
     raw: Any = connection.connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
-        copy.write("".join(lines))
+    with raw.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        copy.write(buffer)
+
+
+def _copy_stage(connection: Connection, rows: HashRows) -> None:
+    """The batch into the staging table with one ``COPY``."""
+    _copy(connection, f"{_STAGE} ({_STAGE_COLUMNS})", _copy_lines(rows, [str(index) for index in range(len(rows))], ""))
+
+
+def _copy_new(connection: Connection, collection_id: str, rows: HashRows, now: datetime) -> bool:
+    """The batch straight into ``records`` and its change-log entries into ``changes``, by two ``COPY`` statements,
+    if none of its ``_id`` values is stored: the staging table, the set-based insert and its ``ON CONFLICT``
+    speculation were most of a first import's database time. Row ids are taken from the sequence first, in batch
+    order. False (nothing written, the ids left unused) if a row was stored already: the caller then takes the
+    staged path. Runs in the writers' turn, in a savepoint."""
+    from psycopg import errors
+
+    # the sequence named once (an init plan): per row, its lookup took longer than nextval; one string comes back
+    taken = connection.exec_driver_sql(
+        "SELECT string_agg(nextval((SELECT pg_get_serial_sequence('records', 'id'))::regclass)::text, ',') "
+        f"FROM generate_series(1, {len(rows)})"
+    )
+    ids = str(taken.scalar_one()).split(",")
+    stamp = now.isoformat()
+    savepoint = connection.begin_nested()
+    try:
+        _copy(
+            connection,
+            "records (id, ext_id, attributes, source_url, bmh1, phash, collection_id, width, height, checksum, "
+            "hash_version, updated_at)",
+            _copy_lines(rows, ids, f"\t{collection_id}\t0\t0\t\t{HASH_VERSION}\t{stamp}"),
+        )
+        _copy(
+            connection,
+            "changes (record_id, collection_id, op, created_at)",
+            "".join([f"{row_id}\t{collection_id}\tupsert\t{stamp}\n" for row_id in ids]),
+        )
+    except errors.UniqueViolation:
+        savepoint.rollback()
+        return False
+    except errors.ForeignKeyViolation as exc:
+        savepoint.rollback()
+        raise CollectionGone(f"collection {collection_id} no longer exists") from exc
+    savepoint.commit()
+    return True
