@@ -251,9 +251,10 @@ def _jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any] | Item]]:
                     row = loads(raw)
                 except decode_error:
                     row = None
-                if type(row) is dict and all(
-                    type(value) in _PLAIN or (type(value) is float and abs(value) < _EXACT_FLOAT)
-                    for value in row.values()
+                kinds = set(map(type, row.values())) if type(row) is dict else _NOT_PLAIN
+                if kinds <= _PLAIN or (
+                    kinds <= _PLAIN_OR_FLOAT
+                    and all(abs(value) < _EXACT_FLOAT for value in row.values() if type(value) is float)
                 ):
                     yield number, row
                     continue
@@ -277,7 +278,9 @@ def _jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any] | Item]]:
             number += len(pieces) - 1
 
 
-_PLAIN = frozenset((str, int, bool, type(None)))
+_PLAIN: frozenset[type] = frozenset((str, int, bool, type(None)))
+_PLAIN_OR_FLOAT = _PLAIN | {float}
+_NOT_PLAIN: set[type] = {object}
 
 
 def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any] | Item]]:
