@@ -1,11 +1,12 @@
 """Upsert of many records whose hashes are given (an import of precomputed hashes), set-based: no statement per row.
 
 The batch is loaded into a temporary staging table (on Postgres with one ``COPY`` of a prebuilt text buffer, on
-SQLite with one ``executemany``), then a few statements do the rest against it: an ``UPDATE ... FROM`` of the
-records whose hashes, attributes or ``_url`` differ, an ``INSERT ... SELECT`` of the ``_id`` values not stored yet
-(in batch order, so row ids keep the manifest's order), and the change-log entries of both, so every server's index
-catches up as after any write. Like :func:`~matchdb.storage.records.upsert_records` it runs inside the caller's
-transaction (a batch is stored whole or not at all) and takes the writers' turn.
+SQLite with one ``executemany``), then a few statements do the rest against it: an ``INSERT ... SELECT`` of the
+``_id`` values not stored yet (in batch order, so row ids keep the manifest's order), an ``UPDATE ... FROM`` of the
+records whose hashes, attributes or ``_url`` differ, and the change-log entries of both, so every server's index
+catches up as after any write. On Postgres a batch that is likely all new (the last one was) skips the stage: it is
+copied straight into ``records`` and ``changes``. Like :func:`~matchdb.storage.records.upsert_records` it runs
+inside the caller's transaction (a batch is stored whole or not at all) and takes the writers' turn.
 
 A record written so has no image facts: width and height 0 and an empty checksum (no image bytes were seen), until
 an ingest of its image replaces them. A record whose hashes did not change keeps its image facts and thumbnail.
