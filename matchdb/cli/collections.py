@@ -143,7 +143,7 @@ def ingest_command(
     with _early_ctrl_c():  # until the run takes over SIGINT (listing, forking, opening the database)
         from matchdb.service import ingest as service
         from matchdb.service.hash_import import import_hashes
-        from matchdb.service.inputs import iter_items
+        from matchdb.service.inputs import iter_inputs
 
         settings = load_settings()
         report = report or _default_report(settings.database_url, key)
@@ -161,7 +161,7 @@ def ingest_command(
                 imported = import_hashes(
                     engine,
                     info.id,
-                    iter_items(paths),
+                    iter_inputs(paths),
                     settings=settings,
                     on_progress=bar.update,
                     on_failure=failures,

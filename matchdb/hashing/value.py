@@ -96,7 +96,10 @@ def pack_strings(kind: str, texts: Sequence[object]) -> tuple[np.ndarray, list[s
     errors: list[str | None] = [None] * len(texts)
     blank = "0" * width
     parts: list[str] = []
-    for index, text in enumerate(texts):
+    # The usual batch (every text a string of the right length, all ASCII) is checked whole, not text by text.
+    joined = "".join(texts) if all(type(text) is str and len(text) == width for text in texts) else None  # type: ignore[arg-type]
+    whole = joined is not None and joined.isascii()
+    for index, text in enumerate(() if whole else texts):
         if not isinstance(text, str):
             errors[index] = f"{kind} must be a string of {width} characters 0 and 1, not {type(text).__name__}"
         elif len(text) != width:
@@ -107,7 +110,9 @@ def pack_strings(kind: str, texts: Sequence[object]) -> tuple[np.ndarray, list[s
             parts.append(text)
             continue
         parts.append(blank)
-    characters = np.frombuffer("".join(parts).encode("ascii"), np.uint8).reshape(len(texts), width)
+    if joined is None or not whole:
+        joined = "".join(parts)
+    characters = np.frombuffer(joined.encode("ascii"), np.uint8).reshape(len(texts), width)
     bad = np.asarray(((characters | 1) != ord("1")).any(axis=1))  # only "0" and "1" become "1" with bit 0 set
     packed = np.packbits(characters == ord("1"), axis=1, bitorder="big")  # 8 digits a byte, most significant first
     used = NBITS[kind] - 8 * (size - 1)  # bits of the last byte that belong to the hash (LSB first)

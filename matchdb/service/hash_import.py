@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from matchdb.config import Settings
 from matchdb.hashing.value import pack_strings
 from matchdb.service.ingest import Failure, Summary
-from matchdb.service.inputs import Item
+from matchdb.service.inputs import HashBlock, Item
 from matchdb.storage.bulk import HashRows, Written, upsert_hash_rows
 from matchdb.storage.transactions import Writer
 
@@ -41,7 +41,7 @@ class HashImport:
 def import_hashes(
     engine: Engine,
     collection_id: str,
-    items: Iterable[Item],
+    items: Iterable[Item | HashBlock],
     *,
     settings: Settings,
     batch_size: int = BATCH,
@@ -49,7 +49,9 @@ def import_hashes(
     on_failure: Callable[[Failure], object] = lambda _: None,
     stop_signals: Iterable[int] = (),
 ) -> HashImport:
-    """Store the items that carry hashes, ``batch_size`` per transaction, and return the others untouched.
+    """Store the items that carry hashes (and the rows of the :class:`~matchdb.service.inputs.HashBlock` values
+    that :func:`~matchdb.service.inputs.iter_inputs` reads), ``batch_size`` per transaction, and return the other
+    items untouched.
     ``on_progress`` is told how many rows were done, a batch at a time.
 
     The first of ``stop_signals`` stops the run between batches: what was written is stored, and the summary says
@@ -62,41 +64,47 @@ def import_hashes(
     # One batch is written (by a thread: the database works while this one parses) as the next is read and parsed.
     writing = ThreadPoolExecutor(1, thread_name_prefix="hash-import")
     pending: tuple[Future[Written], int] | None = None
+    fresh = True  # the last batch was all new: the next one likely is too (a first import), so it is tried as such
 
     def settle() -> None:
-        nonlocal pending
+        nonlocal pending, fresh
         if pending is not None:
             future, count = pending
             pending = None
             written = future.result()
+            fresh = written.new == count
             done.summary.new += written.new
             done.summary.updated += written.updated
             done.summary.unchanged += count - written.new - written.updated
             on_progress(count)
 
-    def flush(batch: list[Item]) -> None:
+    def flush(batch: HashBlock) -> None:
         nonlocal pending
         rows = _parse(batch, done.summary, on_failure, on_progress)
         settle()
         if len(rows):
-            future = writing.submit(writer.run, lambda connection: upsert_hash_rows(connection, collection_id, rows))
+            future = writing.submit(
+                writer.run, lambda connection: upsert_hash_rows(connection, collection_id, rows, fresh=fresh)
+            )
             pending = (future, len(rows))
 
     try:
-        batch: list[Item] = []
+        batch = HashBlock()
         for item in items:
-            if (item.hashes is None and item.error is None) or (item.error is not None and done.images):
+            if isinstance(item, HashBlock):
+                batch.extend(item)
+            elif (item.hashes is None and item.error is None) or (item.error is not None and done.images):
                 done.images.append(item)  # an unusable row after an image: reported in order with the images
                 continue
-            if item.error is not None:
+            elif item.error is not None:
                 _fail(done.summary, Failure(item.ext_id, item.source, item.error), on_failure, on_progress)
                 continue
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush(batch)
-                batch = []
-                if stopped:
-                    break
+            else:
+                batch.add_item(item)
+            while len(batch) >= batch_size and not stopped:
+                flush(batch.cut(batch_size))
+            if stopped:
+                break
         else:
             flush(batch)
         settle()
@@ -118,26 +126,27 @@ def _fail(
 
 
 def _parse(
-    batch: list[Item],
+    batch: HashBlock,
     summary: Summary,
     on_failure: Callable[[Failure], object],
     on_progress: Callable[[int], object],
 ) -> HashRows:
     """The batch's rows with their hashes packed; a row with a malformed hash fails alone."""
-    bmh1, bmh1_errors = pack_strings("bmh1", [item.hashes[0] for item in batch if item.hashes])
-    phash, phash_errors = pack_strings("phash", [item.hashes[1] for item in batch if item.hashes])
+    bmh1, bmh1_errors = pack_strings("bmh1", batch.bmh1)
+    phash, phash_errors = pack_strings("phash", batch.phash)
+    if not any(bmh1_errors) and not any(phash_errors):
+        return HashRows(batch.ext_ids, batch.attributes, batch.urls, bmh1, phash)
     good: list[int] = []
-    for index, item in enumerate(batch):
+    for index in range(len(batch)):
         error = bmh1_errors[index] or phash_errors[index]
         if error is None:
             good.append(index)
         else:
-            _fail(summary, Failure(item.ext_id, item.source, error), on_failure, on_progress)
-    kept = [batch[index] for index in good]
+            _fail(summary, Failure(batch.ext_ids[index], batch.source(index), error), on_failure, on_progress)
     return HashRows(
-        [item.ext_id for item in kept],
-        [item.attributes for item in kept],
-        [item.url for item in kept],
-        bmh1[good] if len(good) < len(batch) else bmh1,
-        phash[good] if len(good) < len(batch) else phash,
+        [batch.ext_ids[index] for index in good],
+        [batch.attributes[index] for index in good],
+        [batch.urls[index] for index in good],
+        bmh1[good],
+        phash[good],
     )

@@ -13,14 +13,18 @@ hashes someone already computed (a catalogue moved from Ximilar lists both), not
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from matchdb.service.views import COMPUTED
 
@@ -82,21 +86,219 @@ def iter_items(paths: Sequence[Path]) -> Iterator[Item]:
     manifest that breaks part-way yields its rows up to there, then one failed item."""
     seen: set[bytes] = set()
     for path in paths:
-        suffix = path.suffix.lower()
-        items: Iterator[Item]
-        if path.is_dir():
-            items = (Item(ext_id, str(image), path=image) for ext_id, image in iter_folder_images(path))
-        elif suffix in _MANIFESTS:
-            items = _manifest_or_error(path)
+        for item in _path_items(path):
+            yield _unique(item, seen)
+
+
+def _path_items(path: Path) -> Iterator[Item]:
+    if path.is_dir():
+        return (Item(ext_id, str(image), path=image) for ext_id, image in iter_folder_images(path))
+    if path.suffix.lower() in _MANIFESTS:
+        return _manifest_or_error(path)
+    return iter([Item(path.name, str(path), path=path)])
+
+
+def _unique(item: Item, seen: set[bytes]) -> Item:
+    """``item``, or a failed one if its ``_id`` is in ``seen`` (which it joins)."""
+    if item.error is None:
+        digest = hashlib.blake2b(item.ext_id.encode(), digest_size=16).digest()
+        if digest in seen:
+            item = Item(item.ext_id, item.source, error="_id repeated (given to an earlier item)")
+        seen.add(digest)
+    return item
+
+
+@dataclass
+class HashBlock:
+    """Consecutive input rows that carry hashes, column by column: what the import of precomputed hashes reads
+    instead of an :class:`Item` per row, whose making (with the generic row handling behind it) was most of an
+    import's time. Each row is known usable but for its hashes, which are checked (in bulk) when stored; its
+    ``source`` is made only if it fails."""
+
+    ext_ids: list[str] = field(default_factory=list)
+    attributes: list[dict[str, Any]] = field(default_factory=list)
+    urls: list[str | None] = field(default_factory=list)
+    bmh1: list[object] = field(default_factory=list)
+    phash: list[object] = field(default_factory=list)
+    places: list[str] = field(default_factory=list)  # the manifest, or the item's whole source
+    lines: list[int | None] = field(default_factory=list)  # the line in the manifest, if any
+
+    def __len__(self) -> int:
+        return len(self.ext_ids)
+
+    def add_item(self, item: Item) -> None:
+        assert item.hashes is not None
+        self._add(item.ext_id, item.attributes, item.url, item.hashes[0], item.hashes[1], item.source, None)
+
+    def _add(
+        self,
+        ext_id: str,
+        attributes: dict[str, Any],
+        url: str | None,
+        bmh1: object,
+        phash: object,
+        place: str,
+        line: int | None,
+    ) -> None:
+        self.ext_ids.append(ext_id)
+        self.attributes.append(attributes)
+        self.urls.append(url)
+        self.bmh1.append(bmh1)
+        self.phash.append(phash)
+        self.places.append(place)
+        self.lines.append(line)
+
+    def extend(self, other: HashBlock) -> None:
+        for mine, theirs in zip(self._columns(), other._columns(), strict=True):
+            mine.extend(theirs)
+
+    def cut(self, count: int) -> HashBlock:
+        """The first ``count`` rows, removed from this block."""
+        head = HashBlock(*(column[:count] for column in self._columns()))
+        for column in self._columns():
+            del column[:count]
+        return head
+
+    def source(self, index: int) -> str:
+        line = self.lines[index]
+        return self.places[index] if line is None else f"{self.places[index]}:{line}"
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (self.ext_ids, self.attributes, self.urls, self.bmh1, self.phash, self.places, self.lines)
+
+
+BLOCK = 1_000  # rows of a HashBlock: large enough that per-block costs vanish, small enough to keep order cheaply
+
+
+def iter_inputs(paths: Sequence[Path], block: int = BLOCK) -> Iterator[Item | HashBlock]:
+    """:func:`iter_items` for the import of precomputed hashes: the same items in the same order, except that
+    manifest rows with hashes come as :class:`HashBlock` values of up to ``block`` rows. The usual such row (``_id``
+    and both hashes given as strings) is read with one ``orjson`` decode and no :class:`Item`; any other goes
+    through the generic row handling, so both readers fail and keep exactly the same rows."""
+    seen: set[bytes] = set()
+    for path in paths:
+        if path.is_dir() or path.suffix.lower() not in _ROWS:
+            for item in _path_items(path):
+                yield _unique(item, seen)
         else:
-            items = iter([Item(path.name, str(path), path=path)])
-        for item in items:
-            if item.error is None:
-                digest = hashlib.blake2b(item.ext_id.encode(), digest_size=16).digest()
-                if digest in seen:
-                    item = Item(item.ext_id, item.source, error="_id repeated (given to an earlier item)")
-                seen.add(digest)
+            yield from _manifest_inputs(path, seen, block)
+
+
+def _manifest_inputs(manifest: Path, seen: set[bytes], size: int) -> Iterator[Item | HashBlock]:
+    place = str(manifest)
+    pending = HashBlock()
+    digest = hashlib.blake2b
+    try:
+        for line, row in _ROWS[manifest.suffix.lower()](manifest):
+            if isinstance(row, dict):
+                bmh1, phash, url, given = row.get("bmh1"), row.get("phash"), row.get("_url"), row.get("_id")
+                if (
+                    type(given) is str
+                    and given
+                    and type(bmh1) is str
+                    and bmh1
+                    and type(phash) is str
+                    and phash
+                    and (url is None or type(url) is str)
+                ):  # the usual row with hashes: what _manifest_item and _unique make of it, without an Item
+                    key = digest(given.encode(), digest_size=16).digest()
+                    if key not in seen:
+                        seen.add(key)
+                        for name in row.keys() & _NOT_ATTRIBUTES:
+                            del row[name]
+                        pending._add(given, row, url or None, bmh1, phash, place, line)
+                        if len(pending) >= size:
+                            yield pending
+                            pending = HashBlock()
+                        continue
+                item = _unique(_manifest_item(row, manifest, line), seen)
+            else:
+                item = row
+            if item.hashes is not None and item.error is None:
+                pending.add_item(item)
+                continue
+            if pending:
+                yield pending
+                pending = HashBlock()
             yield item
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        if pending:
+            yield pending
+            pending = HashBlock()
+        yield Item("", place, error=f"cannot read manifest: {exc}")
+    if pending:
+        yield pending
+
+
+_EXACT_FLOAT = 2.0**63  # orjson reads an integer past 64 bits as a float: a float this large may have been one
+
+
+def _jsonl_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any] | Item]]:
+    """The lines of a JSONL manifest as :func:`_jsonl_items` reads them, each decoded by ``orjson`` (bytes, no
+    text decoding of the file first) unless it needs the standard library's exact reading: a line that orjson
+    rejects (invalid, or JSON it does not take: NaN, lone surrogates; the error message is then json's), a float
+    that may have been a large integer, nested values, or a carriage return that text mode takes as a line end."""
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    number = 0
+    with manifest.open("rb") as handle:
+        for raw in handle:
+            if not number and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            cr = raw.find(b"\r")
+            if cr == -1 or raw[cr:] in (b"\r\n", b"\r"):
+                number += 1
+                try:
+                    row = loads(raw)
+                except decode_error:
+                    row = None
+                kinds = set(map(type, row.values())) if type(row) is dict else _NOT_PLAIN
+                if kinds <= _PLAIN or (
+                    kinds <= _PLAIN_OR_FLOAT
+                    and all(abs(value) < _EXACT_FLOAT for value in row.values() if type(value) is float)
+                ):
+                    yield number, row
+                    continue
+                pieces = [raw.decode("utf-8")]
+            else:  # lines that text mode splits at a lone carriage return
+                pieces = list(io.StringIO(raw.decode("utf-8"), newline=None))
+                number += 1
+            for at, piece in enumerate(pieces):
+                line = number + at
+                if not piece.strip():
+                    continue
+                try:
+                    value = json.loads(piece)
+                except json.JSONDecodeError as exc:
+                    yield line, Item("", f"{manifest}:{line}", error=f"invalid JSON: {exc}")
+                    continue
+                if not isinstance(value, dict):
+                    yield line, Item("", f"{manifest}:{line}", error="a manifest line must be a JSON object")
+                    continue
+                yield line, value
+            number += len(pieces) - 1
+
+
+_PLAIN: frozenset[type] = frozenset((str, int, bool, type(None)))
+_PLAIN_OR_FLOAT = _PLAIN | {float}
+_NOT_PLAIN: set[type] = {object}
+
+
+def _csv_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any] | Item]]:
+    """The rows of a CSV manifest as :func:`_csv_items` reads them (``csv.DictReader``'s dicts) from the csv
+    module's plain reader, a dict made by one ``zip`` per row."""
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return
+        width = len(header)
+        for values in reader:
+            if not values:
+                continue
+            if len(values) == width:
+                yield reader.line_num, dict(zip(header, values, strict=True))
+            else:  # DictReader's rest key (None) and rest value (None) are both dropped by _csv_items
+                yield reader.line_num, dict(zip(header[: len(values)], values, strict=False))
 
 
 def without_hashes(items: Iterable[Item], why: str) -> Iterator[Item]:
@@ -170,6 +372,10 @@ def _jsonl_items(manifest: Path) -> Iterator[Item]:
 
 
 _MANIFESTS: dict[str, Callable[[Path], Iterator[Item]]] = {".csv": _csv_items, ".jsonl": _jsonl_items}
+_ROWS: dict[str, Callable[[Path], Iterator[tuple[int, dict[str, Any] | Item]]]] = {
+    ".csv": _csv_rows,
+    ".jsonl": _jsonl_rows,
+}
 
 
 HASHES = ("bmh1", "phash")  # manifest keys of precomputed hashes (never attributes)
