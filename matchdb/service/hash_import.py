@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -60,7 +61,15 @@ def import_hashes(
     started = time.monotonic()
     done = HashImport(Summary(planned=None))
     stopped: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, _frame: stopped.append(signum)) for signum in stop_signals}
+    # The stop signals are taken over at the first write, not before: until then nothing is stored, and a Ctrl-C
+    # while the inputs are read (a manifest on a pipe or a slow disk blocks there) must end the command at once.
+    previous: dict[int, Any] = {}
+
+    def take_signals() -> None:
+        if not previous:
+            for signum in stop_signals:
+                previous[signum] = signal.signal(signum, lambda signum, _frame: stopped.append(signum))
+
     # One batch is written (by a thread: the database works while this one parses) as the next is read and parsed.
     writing = ThreadPoolExecutor(1, thread_name_prefix="hash-import")
     pending: tuple[Future[Written], int] | None = None
@@ -83,6 +92,7 @@ def import_hashes(
         rows = _parse(batch, done.summary, on_failure, on_progress)
         settle()
         if len(rows):
+            take_signals()
             future = writing.submit(
                 writer.run, lambda connection: upsert_hash_rows(connection, collection_id, rows, fresh=fresh)
             )
